@@ -1,0 +1,274 @@
+"""The run configuration: typed dataclasses, YAML + dotted ``key=value`` overrides, validation.
+
+A config is data (``yaml.safe_load``, never executed). Every field below is documented in
+``docs/config.md``; a test keeps the two from drifting. Each field's comment is its documentation.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from kdkit.errors import KdkitError
+from kdkit.structured import from_dict, to_dict
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass
+class TrainConfig:
+    """How to train: optimisation, schedule, evaluation and checkpoint cadence."""
+
+    epochs: float = 3.0  # passes over the training set (fractions allowed); ignored when max_steps is set
+    max_steps: int | None = None  # optimizer steps in total; overrides epochs
+    batch_size: int = 32  # examples per optimizer step per process (before gradient accumulation)
+    grad_accum: int = 1  # gradient accumulation steps; effective batch = batch_size * grad_accum * processes
+    lr: float = 5e-5  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # AdamW weight decay (not applied to biases and LayerNorm weights)
+    warmup_ratio: float = 0.1  # fraction of steps with linear warmup from 0 to lr
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"  # decay after warmup
+    max_grad_norm: float | None = 1.0  # gradient clipping; null disables it
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # autocast precision (Accelerate)
+    eval_every: int | None = None  # evaluate every N steps (and always at the end); null: only at the end
+    save_every: int | None = None  # checkpoint every N steps (and at the end); null: only at the end
+    keep_checkpoints: int = 2  # how many step checkpoints to keep (oldest deleted first)
+    log_every: int = 10  # write a training log line every N steps
+    best_metric: str | None = None  # validation metric that picks the best checkpoint; null: task default
+    load_best: bool = True  # save the best checkpoint (by best_metric) as the final model, not the last
+    seed: int = 42  # seeds data order, dropout and initialisation
+    num_threads: int | None = None  # torch CPU threads; null: torch's default
+
+    def __post_init__(self) -> None:
+        _check_positive("train.batch_size", self.batch_size)
+        _check_positive("train.grad_accum", self.grad_accum)
+        _check_positive("train.log_every", self.log_every)
+        if self.max_steps is not None:
+            _check_positive("train.max_steps", self.max_steps)
+        if self.max_steps is None and self.epochs <= 0:
+            raise KdkitError(f"config key 'train.epochs' must be > 0, got {self.epochs}")
+        if self.lr <= 0:
+            raise KdkitError(f"config key 'train.lr' must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise KdkitError(f"config key 'train.warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
+        for key in ("eval_every", "save_every"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_positive(f"train.{key}", value)
+        if self.keep_checkpoints < 1:
+            raise KdkitError("config key 'train.keep_checkpoints' must be >= 1 (resume needs one)")
+
+
+@dataclass
+class ModelConfig:
+    """A teacher or a student model."""
+
+    model: str | None = None  # hub id, local dir, or named asset (`kdkit ls`); student: null = the teacher
+    tokenizer: str | None = None  # tokenizer to use; null: the model's own
+    layers: list[int] | None = None  # keep these encoder layers (0-based, in order), e.g. [0, 5]
+    num_layers: int | None = None  # keep this many layers, evenly spaced, first and last included
+    init: Literal["pretrained", "random"] = "pretrained"  # random: fresh weights from the model's config
+    config_overrides: dict[str, Any] = field(default_factory=dict)  # config fields to change, e.g. hidden_size
+    max_length: int = 128  # tokens per example (longer inputs are truncated and counted)
+    finetune: TrainConfig | None = None  # teacher only: fine-tune on the task first (cached in KDKIT_HOME)
+
+    def __post_init__(self) -> None:
+        if self.layers is not None and self.num_layers is not None:
+            raise KdkitError("set either 'layers' or 'num_layers' for a model, not both")
+        if self.num_layers is not None:
+            _check_positive("num_layers", self.num_layers)
+        if self.layers is not None and (not self.layers or min(self.layers) < 0):
+            raise KdkitError(f"'layers' must be a non-empty list of layer indices >= 0, got {self.layers}")
+        _check_positive("max_length", self.max_length)
+        if self.config_overrides and self.init != "random" and "num_labels" not in self.config_overrides:
+            raise KdkitError(
+                "'config_overrides' changes the architecture, so it needs init: random "
+                "(pretrained weights would not fit)"
+            )
+
+
+@dataclass
+class SplitConfig:
+    """A seeded split of the training file for the splits that have no file of their own."""
+
+    validation: float = 0.1  # fraction of train held out as validation when data.validation is null
+    test: float = 0.0  # fraction of train held out as test when data.test is null
+    seed: int = 42  # seed of the split (independent of train.seed)
+
+    def __post_init__(self) -> None:
+        if self.validation < 0 or self.test < 0 or self.validation + self.test >= 1:
+            raise KdkitError(
+                f"data.split fractions must be >= 0 and sum to < 1, got "
+                f"validation={self.validation}, test={self.test}"
+            )
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and which columns hold what."""
+
+    root: str | None = None  # base dir for relative file paths; null: $KDKIT_DATA_ROOT, else the cwd
+    dataset: str | None = None  # Hugging Face dataset name (hub or local dir); null: read files
+    subset: str | None = None  # the dataset's configuration name, e.g. 'sst2' for 'glue'
+    train: str | None = None  # file path or named dataset asset; with `dataset`: the split name
+    validation: str | None = None  # file path or split name; null: split off train (see data.split)
+    test: str | None = None  # file path or split name; null: split off train if data.split.test > 0
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = "auto"  # auto: from the extension
+    header: bool = True  # csv/tsv: the first row names the columns; false: columns are named 0, 1, 2, ...
+    encoding: str = "utf-8"  # text encoding of csv/tsv/jsonl files (a BOM is skipped)
+    text: str = "text"  # column with the text (headerless files: the column number)
+    text_pair: str | None = None  # column with the second text of a pair (e.g. MRPC, STS-B)
+    label: str = "label"  # column with the class label (string or int) or the regression target
+    label_names: list[str] | None = None  # class order (ids 0..C-1); null: sorted label values of train
+    split: SplitConfig = field(default_factory=SplitConfig)  # seeded split for missing splits
+    max_train_samples: int | None = None  # seeded random subset of train (e.g. limited-data runs)
+    max_eval_samples: int | None = None  # seeded random subset of validation and test
+
+    def __post_init__(self) -> None:
+        if self.train is None and self.dataset is None:
+            pass  # reported by validate(): a config may be loaded before its data is chosen
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_positive(f"data.{key}", value)
+
+
+@dataclass
+class EvalConfig:
+    """What to measure on held-out data."""
+
+    batch_size: int = 64  # examples per forward pass in evaluation
+    splits: list[str] = field(default_factory=lambda: ["validation", "test"])  # splits reported at the end
+    metrics: list[str] | None = None  # metric names; null: the task's defaults (see docs)
+    agreement: bool = True  # report student-teacher agreement when a teacher is loaded
+
+    def __post_init__(self) -> None:
+        _check_positive("eval.batch_size", self.batch_size)
+        for split in self.splits:
+            if split not in ("train", "validation", "test"):
+                raise KdkitError(f"eval.splits: unknown split '{split}'; use train, validation or test")
+
+
+@dataclass
+class Config:
+    """One run: a task, a teacher, a student, data, a distillation method, training and evaluation."""
+
+    task: Task = "classification"  # classification (C classes) or regression (one real target)
+    output_dir: str = "runs/kdkit"  # where the student, metrics, config, logs and checkpoints go
+    teacher: ModelConfig = field(default_factory=ModelConfig)  # the model that teaches (frozen, eval mode)
+    student: ModelConfig = field(default_factory=ModelConfig)  # the model that learns and is saved
+    data: DataConfig = field(default_factory=DataConfig)  # dataset, columns, splits
+    method: Any = field(default_factory=lambda: {"name": "kd"})  # `name` + that method's fields (`kdkit ls`)
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation and checkpoints
+    eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise KdkitError(f"config key '{key}' must be > 0, got {value}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-4"`` -> ``(["train", "lr"], 1e-4)``; the value is read as YAML."""
+    if "=" not in text:
+        raise KdkitError(f"override '{text}' must look like key=value, e.g. train.lr=3e-5")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise KdkitError(f"override '{text}': bad key '{key}'")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted overrides set (sections are created when missing)."""
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {} if node.get(k) is None else node[k]
+            if not isinstance(node[k], dict):
+                raise KdkitError(f"override '{text}': '{k}' is not a section")
+            node = node[k]
+        node[keys[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise KdkitError(f"config file '{path}' does not exist; `kdkit ls` lists the shipped configs")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise KdkitError(f"config file '{path}' is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise KdkitError(f"config file '{path}' must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def resolve_method(raw: Any) -> Any:
+    """Turn ``{"name": ..., **fields}`` into that method's typed Config (defaults from its paper)."""
+    from kdkit.methods import METHODS  # late import: methods import config types
+
+    if dataclasses.is_dataclass(raw) and not isinstance(raw, type):
+        return raw
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        raise KdkitError(f"config key 'method' must be a mapping with a 'name', got {raw!r}")
+    name = raw.get("name", "kd")
+    spec = METHODS.get(str(name))
+    return from_dict(spec.Config, raw, "method")
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | Config | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Load a config from a YAML path, a dict or a Config, apply ``key=value`` overrides, validate types.
+
+    Raises ``KdkitError`` with the dotted key for unknown keys (with "did you mean"), wrong types and
+    out-of-range values. Paths and models are checked by ``kdkit.validate``.
+    """
+    if isinstance(source, Config):
+        raw = source.to_dict()
+    elif isinstance(source, dict):
+        raw = copy.deepcopy(source)
+    elif source is None:
+        raw = {}
+    else:
+        raw = read_yaml(source)
+    raw = apply_overrides(raw, overrides or [])
+    config = from_dict(Config, raw)
+    config.method = resolve_method(config.method)
+    return config
+
+
+def data_root(data: DataConfig) -> Path | None:
+    """The base directory for relative data paths: data.root, else $KDKIT_DATA_ROOT, else None (cwd)."""
+    root = data.root or os.environ.get("KDKIT_DATA_ROOT")
+    return Path(root).expanduser() if root else None
+
+
+def kdkit_home() -> Path:
+    """Cache root for fine-tuned teachers and converted assets: $KDKIT_HOME or ~/.cache/kdkit."""
+    return Path(os.environ.get("KDKIT_HOME") or Path.home() / ".cache" / "kdkit").expanduser()
