@@ -190,6 +190,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     return key.split("."), value
 
 

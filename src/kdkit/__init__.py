@@ -1,0 +1,34 @@
+"""kdkit: knowledge distillation of pre-trained language models.
+
+Python API::
+
+    import kdkit
+    result = kdkit.distill("configs/sst2_minilm2l_from_minilm6_kd.yaml", ["train.lr=5e-5"])
+    print(result.output_dir, result.metrics["validation"])
+"""
+
+from kdkit.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig, load_config
+from kdkit.errors import KdkitError
+from kdkit.eval.evaluate import evaluate_saved as evaluate
+from kdkit.methods import METHODS
+from kdkit.train.run import RunResult, distill, finetune
+from kdkit.validate import validate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "KdkitError",
+    "ModelConfig",
+    "RunResult",
+    "TrainConfig",
+    "__version__",
+    "distill",
+    "evaluate",
+    "finetune",
+    "load_config",
+    "validate",
+]

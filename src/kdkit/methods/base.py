@@ -1,0 +1,73 @@
+"""What every method provides, and the plain task loss used by `kdkit finetune`.
+
+A method module defines:
+
+- ``Config``: a dataclass whose first field is ``name``; defaults from the method's paper, ranges checked
+  in ``__post_init__``;
+- ``Loss(nn.Module)``: built once per run by ``Loss(config, context)``; it may own trainable parameters
+  (e.g. projections), which are optimised and checkpointed with the student but not saved into it;
+  ``forward(student_out, teacher_out, batch) -> LossOutput``;
+- ``check(config, task)``: raises ``KdkitError`` when the method cannot run on a task.
+
+The math lives in ``kdkit.losses``; a method only wires model outputs to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PretrainedConfig
+
+
+@dataclass
+class LossContext:
+    """What a method may need to build its loss."""
+
+    task: str  # "classification" | "regression"
+    num_labels: int
+    teacher_config: PretrainedConfig | None
+    student_config: PretrainedConfig
+    student_layers: list[int] | None = None  # teacher layers the student was cut from, if it was
+    same_tokenizer: bool = True
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # scalar that is back-propagated
+    # detached scalars for the logs; "distill" is the distillation part (zero when student == teacher)
+    parts: dict[str, Tensor] = field(default_factory=dict)
+
+
+class MethodSpec(Protocol):
+    """The module-level interface of a method (see the module docstring)."""
+
+    Config: type
+    Loss: Callable[..., nn.Module]
+    needs_teacher: bool
+
+    def check(self, config: Any, task: str) -> None: ...
+
+
+def task_loss(logits: Tensor, labels: Tensor, task: str) -> Tensor:
+    """Cross-entropy on class ids, or MSE on real targets (logits (N, 1) for regression)."""
+    if task == "regression":
+        return F.mse_loss(logits.float().reshape(-1), labels.float().reshape(-1))
+    return F.cross_entropy(logits.float(), labels)
+
+
+class TaskLoss(nn.Module):
+    """Supervised fine-tuning without a teacher (the no-KD baseline, and teacher fine-tuning)."""
+
+    needs_hidden_states = False
+
+    def __init__(self, task: str) -> None:
+        super().__init__()
+        self.task = task
+
+    def forward(self, student_out: Any, teacher_out: Any, batch: dict[str, Any]) -> LossOutput:
+        loss = task_loss(student_out.logits, batch["labels"], self.task)
+        return LossOutput(loss, {"task": loss.detach()})

@@ -1,0 +1,210 @@
+"""Loading teachers and students for sequence classification/regression.
+
+A model name is a named asset (``kdkit ls``), a local directory, or a Hugging Face hub id, in that order.
+A student is the teacher's checkpoint with some encoder layers kept (``layers`` / ``num_layers``), a fresh
+model from a config (``init: random`` + ``config_overrides``), or any pretrained model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from kdkit.assets import asset_path, is_asset
+from kdkit.config import ModelConfig
+from kdkit.errors import KdkitError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_name(name: str) -> str:
+    """Named asset -> its directory; an existing local path -> as is; otherwise a hub id (checked on load)."""
+    if is_asset(name, "model"):
+        return str(asset_path(name, "model"))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise KdkitError(f"model dir '{path}' has no config.json; point to a saved Hugging Face model")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise KdkitError(f"model path '{name}' does not exist")
+    return name
+
+
+def _hub_error(name: str, err: Exception) -> KdkitError:
+    return KdkitError(
+        f"could not load model '{name}': not a named asset (`kdkit ls`), not a local dir, and the hub "
+        f"gave: {str(err).splitlines()[0][:200]}"
+    )
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    resolved = resolve_model_name(name)
+    try:
+        return AutoTokenizer.from_pretrained(resolved)
+    except OSError as err:
+        raise _hub_error(name, err) from None
+
+
+def load_model_config(name: str) -> PretrainedConfig:
+    resolved = resolve_model_name(name)
+    try:
+        return AutoConfig.from_pretrained(resolved)
+    except OSError as err:
+        raise _hub_error(name, err) from None
+
+
+def has_trained_head(config: PretrainedConfig) -> bool:
+    """True when the checkpoint was saved as a sequence classifier (its head holds trained weights)."""
+    return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+
+
+def label_kwargs(task: str, label_names: list[str] | None) -> dict[str, Any]:
+    """``from_pretrained`` kwargs that set the head size and label names for a task."""
+    if task == "regression":
+        return {"num_labels": 1, "problem_type": "regression", "id2label": {0: "score"}, "label2id": {"score": 0}}
+    assert label_names is not None
+    return {
+        "num_labels": len(label_names),
+        "problem_type": "single_label_classification",
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+
+
+def check_label_space(name: str, config: PretrainedConfig, task: str, label_names: list[str] | None) -> None:
+    """A trained head must fit the data's label space (same count, and same names when it has names)."""
+    if not has_trained_head(config):
+        return
+    want = 1 if task == "regression" else len(label_names or [])
+    if config.num_labels != want:
+        raise KdkitError(
+            f"model '{name}' was trained with {config.num_labels} labels but the data has {want}; "
+            "use a model fine-tuned on this task or a base model"
+        )
+    if task == "classification" and label_names:
+        have = [str(config.id2label[i]) for i in range(config.num_labels)]
+        generic = all(h == f"LABEL_{i}" for i, h in enumerate(have))
+        if not generic and have != list(label_names):
+            raise KdkitError(
+                f"model '{name}' has labels {have} but the data has {list(label_names)}; "
+                "set data.label_names to the model's order"
+            )
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList that holds the transformer blocks (BERT/RoBERTa/DistilBERT/most HF encoders)."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    candidates = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == n]
+    if not candidates:
+        raise KdkitError(f"cannot find the {n} transformer layers of {type(model).__name__} to select from")
+    return candidates[0]
+
+
+def even_layers(total: int, keep: int) -> list[int]:
+    """``keep`` layer indices out of ``total``, evenly spaced with the first and last included.
+
+    e.g. (6, 2) -> [0, 5]; (6, 3) -> [0, 2, 5]; (12, 4) -> [0, 4, 7, 11].
+    """
+    if not 1 <= keep <= total:
+        raise KdkitError(f"num_layers must be between 1 and {total} (the teacher's depth), got {keep}")
+    if keep == 1:
+        return [total - 1]
+    return [round(i * (total - 1) / (keep - 1)) for i in range(keep)]
+
+
+def encoder_depth_check(total: int, layers: list[int] | None, num_layers: int | None) -> None:
+    """Raise when a layer selection does not fit a model with ``total`` layers."""
+    if num_layers is not None:
+        even_layers(total, num_layers)
+    if layers is not None:
+        bad = [i for i in layers if not 0 <= i < total]
+        if bad:
+            raise KdkitError(f"layers {bad} do not exist: the model has layers 0..{total - 1}")
+
+
+def select_layers(model: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
+    """Keep only ``layers`` of the encoder (in the given order), in place; updates the config."""
+    blocks = encoder_layers(model)
+    encoder_depth_check(len(blocks), layers, None)
+    kept = [blocks[i] for i in layers]
+    for new_idx, block in enumerate(kept):  # some blocks carry their index (caches, attention masks)
+        for mod in block.modules():
+            if hasattr(mod, "layer_idx") and isinstance(mod.layer_idx, int):
+                mod.layer_idx = new_idx
+    blocks._modules.clear()
+    for i, block in enumerate(kept):
+        blocks.add_module(str(i), block)
+    model.config.num_hidden_layers = len(layers)
+    return model
+
+
+def load_classifier(
+    name: str,
+    task: str,
+    label_names: list[str] | None,
+    *,
+    init: str = "pretrained",
+    config_overrides: dict[str, Any] | None = None,
+) -> PreTrainedModel:
+    """A sequence classifier (head sized for the task) from a name; random init builds from the config."""
+    resolved = resolve_model_name(name)
+    kwargs = label_kwargs(task, label_names)
+    if init == "random":
+        config = load_model_config(name)
+        for key, value in (config_overrides or {}).items():
+            if not hasattr(config, key):
+                raise KdkitError(f"config_overrides: '{key}' is not a field of {type(config).__name__}")
+            setattr(config, key, value)
+        for key, value in kwargs.items():
+            setattr(config, key, value)
+        return AutoModelForSequenceClassification.from_config(config)
+    config = load_model_config(name)
+    check_label_space(name, config, task, label_names)
+    try:
+        # A checkpoint with a trained head keeps it; a base encoder gets a fresh, seeded head.
+        return AutoModelForSequenceClassification.from_pretrained(resolved, **kwargs)
+    except OSError as err:
+        raise _hub_error(name, err) from None
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Frozen and in eval mode (no dropout, no gradients): how a teacher is used."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def build_student(
+    cfg: ModelConfig, teacher_name: str, task: str, label_names: list[str] | None
+) -> tuple[PreTrainedModel, list[int] | None]:
+    """The student and, when it was cut from the teacher, the teacher layers it was initialised from."""
+    name = cfg.model or teacher_name
+    model = load_classifier(name, task, label_names, init=cfg.init, config_overrides=cfg.config_overrides)
+    layers = cfg.layers
+    if cfg.num_layers is not None:
+        layers = even_layers(model.config.num_hidden_layers, cfg.num_layers)
+    if layers is not None:
+        select_layers(model, layers)
+    from_teacher = cfg.model is None and cfg.init == "pretrained"
+    return model, (layers if from_teacher else None)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype

@@ -1,0 +1,207 @@
+"""The training loop: one function, top to bottom, on Accelerate.
+
+teacher forward (no grad, eval mode) -> student forward -> method loss -> backward (accumulated)
+-> clip -> optimizer/scheduler step -> log -> eval -> checkpoint. The same loop fine-tunes (no teacher,
+``TaskLoss``) and distills (a registered method's ``Loss``).
+
+Determinism: data order is a permutation seeded by (seed, epoch), the DataLoader draws from its own
+generator, and checkpoints carry every RNG state, so N straight steps and N/2 + ``--resume`` N/2 give
+the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from kdkit.errors import KdkitError
+from kdkit.eval.metrics import greater_is_better
+from kdkit.io import atomic_dir
+from kdkit.train.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
+from kdkit.train.logger import RunLogger
+
+
+class EpochSampler(Sampler[int]):
+    """A random permutation of ``n`` indices that depends only on (seed, epoch)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class Trainee(nn.Module):
+    """Student + the method's loss module (which may own trainable projections): one module for DDP."""
+
+    def __init__(self, student: nn.Module, loss_fn: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: dict[str, Any], teacher_out: Any) -> Any:
+        hidden = getattr(self.loss_fn, "needs_hidden_states", False)
+        out = self.student(**batch["student"], output_hidden_states=hidden)
+        return self.loss_fn(out, teacher_out, batch)
+
+
+@dataclass
+class LoopInputs:
+    """What the loop needs; built by ``kdkit.train.run``."""
+
+    output_dir: Path
+    student: nn.Module
+    loss_fn: nn.Module
+    teacher: nn.Module | None
+    train_set: Any  # torch Dataset of examples
+    collate: Any
+    evaluate: Any  # callable(student, accelerator) -> dict of validation metrics
+    best_metric: str
+    save_student: Any  # callable(student, dir) that writes a loadable model dir
+
+
+def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _batches(loader: DataLoader, sampler: EpochSampler, accelerator: Accelerator, start: int) -> Iterator[Any]:
+    """Endless micro-batches over epochs, starting after ``start`` micro-batches (resume)."""
+    per_epoch = len(loader)
+    epoch, skip = divmod(start, per_epoch)
+    while True:
+        sampler.set_epoch(epoch)
+        yield from accelerator.skip_first_batches(loader, skip) if skip else loader
+        epoch, skip = epoch + 1, 0
+
+
+def train_loop(
+    inputs: LoopInputs,
+    train_cfg: Any,
+    accelerator: Accelerator,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> tuple[TrainerState, bool]:
+    """Train ``inputs.student`` in place; returns the state and whether all steps are done."""
+    cfg = train_cfg
+    out = inputs.output_dir
+    trainee = Trainee(inputs.student, inputs.loss_fn)
+    optimizer = torch.optim.AdamW(_param_groups(trainee, cfg.weight_decay), lr=cfg.lr)
+    sampler = EpochSampler(len(inputs.train_set), cfg.seed)
+    loader = DataLoader(
+        inputs.train_set,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        collate_fn=inputs.collate,
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG for dropout only
+    )
+    trainee, optimizer, loader = accelerator.prepare(trainee, optimizer, loader)
+    steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    scheduler_name = "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler
+    scheduler = get_scheduler(scheduler_name, optimizer, int(cfg.warmup_ratio * total), total)
+    teacher = inputs.teacher.to(accelerator.device) if inputs.teacher is not None else None
+
+    state = TrainerState()
+    checkpoints = list_checkpoints(out)
+    if resume and checkpoints:
+        state = load_checkpoint(accelerator, checkpoints[-1], scheduler)
+        accelerator.print(f"resuming from {checkpoints[-1]} (step {state.step} of {total})")
+    elif resume:
+        accelerator.print(f"--resume: no checkpoint in {out}, starting from step 0")
+    if state.step >= total:
+        accelerator.free_memory()
+        return state, True
+
+    logger = RunLogger(out / "logs", enabled=accelerator.is_main_process)
+    stream = _batches(loader, sampler, accelerator, start=state.step * cfg.grad_accum)
+    higher = greater_is_better(inputs.best_metric)
+    params = [p for p in trainee.parameters() if p.requires_grad]
+    bar = tqdm(total=total, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
+    start_step, t0, stopped = state.step, time.perf_counter(), False
+    trainee.train()
+    while state.step < total:
+        parts_sum: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            batch = next(stream)
+            teacher_out = None
+            if teacher is not None:
+                with torch.no_grad(), accelerator.autocast():
+                    teacher_out = teacher(**batch["teacher"], output_hidden_states=getattr(inputs.loss_fn, "needs_hidden_states", False))
+            # only the last micro-batch all-reduces gradients across processes
+            sync = accelerator.no_sync(trainee) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
+            with sync, accelerator.autocast():
+                result = trainee(batch, teacher_out)
+                accelerator.backward(result.loss / cfg.grad_accum)
+            for k, v in result.parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / cfg.grad_accum
+            state.examples_seen += len(batch["labels"]) * accelerator.num_processes
+        if not all(math.isfinite(v) for v in parts_sum.values()):
+            raise KdkitError(
+                f"loss is {parts_sum} at step {state.step + 1}; lower train.lr or use mixed_precision=no "
+                f"(last good checkpoint: {list_checkpoints(out)[-1] if list_checkpoints(out) else 'none'})"
+            )
+        if cfg.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in parts_sum.items()})
+        if state.step % cfg.log_every == 0 or state.step == total:
+            logger.log(state.step, {**{f"train/{k}": v for k, v in parts_sum.items()}, "train/lr": scheduler.get_last_lr()[0]})
+
+        last = state.step == total
+        stopped = stop_after is not None and state.step - start_step >= stop_after and not last
+        if (cfg.eval_every and state.step % cfg.eval_every == 0) or last:
+            metrics = inputs.evaluate(accelerator.unwrap_model(trainee).student, accelerator)
+            logger.log(state.step, {f"eval/{k}": v for k, v in metrics.items()})
+            value = metrics.get(inputs.best_metric)
+            if value is not None and (
+                state.best_metric is None or (value > state.best_metric if higher else value < state.best_metric)
+            ):
+                state.best_metric, state.best_step = value, state.step
+                if accelerator.is_main_process:
+                    with atomic_dir(out / "best") as tmp:
+                        inputs.save_student(accelerator.unwrap_model(trainee).student, tmp)
+            trainee.train()
+        if (cfg.save_every and state.step % cfg.save_every == 0) or last or stopped:
+            state.train_seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save_checkpoint(accelerator, out, state, scheduler, cfg.keep_checkpoints)
+        if stopped:
+            accelerator.print(f"stopping after {state.step} steps as asked; continue with --resume")
+            break
+    bar.close()
+    logger.close()
+    state.train_seconds += time.perf_counter() - t0
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()  # the accelerator may train another model next (e.g. teacher, then student)
+    return state, not stopped
+
+

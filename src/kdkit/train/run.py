@@ -1,0 +1,255 @@
+"""`finetune` and `distill`: build data, models and loss from a Config, run the loop, write the output dir.
+
+Output dir of a run::
+
+    config.json, model.safetensors, tokenizer files   the student, loadable by transformers as-is
+    config.yaml                                       the resolved kdkit config
+    metrics.json                                      final metrics (student, teacher, agreement)
+    logs/train.jsonl, logs/tb/                        training curves
+    checkpoints/step-N/                               resumable state (`--resume`)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from kdkit.config import Config, load_config
+from kdkit.data import Collator, DistillDataset, TaskData, encode, load_task_data, same_tokenizer
+from kdkit.errors import KdkitError
+from kdkit.eval.metrics import agreement, compute_metrics, default_best_metric, default_metrics
+from kdkit.eval.predict import predict_logits, to_predictions
+from kdkit.io import atomic_dir, atomic_write_json, atomic_write_text
+from kdkit.methods import METHODS
+from kdkit.methods.base import LossContext, TaskLoss
+from kdkit.models import build_student, count_parameters, freeze, has_trained_head, load_tokenizer
+from kdkit.train.loop import LoopInputs, train_loop
+from kdkit.train.teacher import resolve_teacher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+
+
+def prepare_output_dir(config: Config, resume: bool, overwrite: bool, main: bool) -> Path:
+    """Refuse to mix two runs in one dir: a different run there needs --overwrite (or --resume if same)."""
+    out = Path(config.output_dir)
+    saved = out / "config.yaml"
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            if main:
+                shutil.rmtree(out)
+        elif not resume:
+            raise KdkitError(
+                f"output dir '{out}' already holds a run; pass --resume to continue it, "
+                "--overwrite to replace it, or set output_dir"
+            )
+        elif saved.is_file() and saved.read_text() != config.to_yaml():
+            raise KdkitError(
+                f"output dir '{out}' holds a run with a different config; compare {saved} with your config, "
+                "or pass --overwrite"
+            )
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, config.to_yaml())
+    return out
+
+
+def make_accelerator(config: Config) -> Accelerator:
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    return Accelerator(mixed_precision=config.train.mixed_precision)
+
+
+def _datasets(
+    data: TaskData, student_tok: Any, teacher_tok: Any | None, s_len: int, t_len: int, splits: list[str]
+) -> tuple[dict[str, DistillDataset], bool, dict[str, int]]:
+    shared = teacher_tok is None or same_tokenizer(student_tok, teacher_tok)
+    sets, truncated = {}, {}
+    for name in splits:
+        split = data.split(name)
+        s_enc = encode(split, student_tok, s_len)
+        t_enc = None
+        if teacher_tok is not None:
+            t_enc = s_enc if shared and t_len == s_len else encode(split, teacher_tok, t_len)
+        sets[name] = DistillDataset(split, s_enc, t_enc)
+        truncated[name] = s_enc.num_truncated
+    return sets, shared, truncated
+
+
+def save_model(model: PreTrainedModel, tokenizer: Any, path: Path) -> None:
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+def _loader(dataset: DistillDataset, collate: Collator, batch_size: int, accelerator: Accelerator) -> Any:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    return accelerator.prepare_data_loader(loader)
+
+
+def run(
+    config: Config | dict[str, Any] | str | Path,
+    overrides: list[str] | None = None,
+    *,
+    kind: str = "distill",
+    which: str = "student",
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+    accelerator: Accelerator | None = None,
+) -> RunResult:
+    """Fine-tune (``kind="finetune"``, the ``which`` model, task loss only) or distill a student."""
+    config = load_config(config, overrides)
+    accelerator = accelerator or make_accelerator(config)
+    task = config.task
+    data = load_task_data(config.data, task)
+    label_names = data.label_names
+    if kind == "finetune" and which == "teacher":
+        if not config.teacher.model:
+            raise KdkitError("teacher.model is not set; name a hub id, a local dir or an asset (`kdkit ls`)")
+        teacher_name = config.teacher.model
+        model_cfg = replace(config.teacher, finetune=None)
+        train_cfg = config.teacher.finetune or config.train
+    else:
+        teacher_name = resolve_teacher(config, accelerator)  # fine-tunes and caches it when asked
+        model_cfg, train_cfg = config.student, config.train
+    out = prepare_output_dir(config, resume, overwrite, accelerator.is_main_process)
+    set_seed(train_cfg.seed)  # the head of a base model is initialised now: seeded
+    student, student_layers = build_student(model_cfg, teacher_name, task, label_names)
+    student_tok = load_tokenizer(model_cfg.tokenizer or model_cfg.model or teacher_name)
+
+    teacher, teacher_tok = None, None
+    if kind == "distill":
+        teacher_tok = load_tokenizer(config.teacher.tokenizer or teacher_name)
+        teacher = freeze(_load_teacher(teacher_name, config, label_names))
+    splits = ["train", *[s for s in ("validation", *config.eval.splits) if data.has(s)]]
+    sets, shared, truncated = _datasets(
+        data, student_tok, teacher_tok, model_cfg.max_length, config.teacher.max_length, list(dict.fromkeys(splits))
+    )
+    collate = Collator(student_tok.pad_token_id, teacher_tok.pad_token_id if teacher_tok else None, task == "regression")
+    if kind == "distill":
+        method = METHODS.get(config.method.name)
+        ctx = LossContext(task, data.num_labels, teacher.config, student.config, student_layers, shared)
+        loss_fn: nn.Module = method.Loss(config.method, ctx)
+    else:
+        loss_fn = TaskLoss(task)
+
+    metric_names = config.eval.metrics or default_metrics(task, data.num_labels)
+    best_metric = train_cfg.best_metric or default_best_metric(task)
+    eval_loaders = {s: _loader(sets[s], collate, config.eval.batch_size, accelerator) for s in sets if s != "train"}
+
+    def evaluate(model: nn.Module, acc: Accelerator) -> dict[str, float]:
+        if "validation" not in eval_loaders:
+            return {}
+        logits, labels = predict_logits(model, eval_loaders["validation"], acc, desc="eval")
+        return compute_metrics(task, to_predictions(logits, task), labels, metric_names)
+
+    def save_student(model: nn.Module, path: Path) -> None:
+        save_model(accelerator.unwrap_model(model), student_tok, path)
+
+    inputs = LoopInputs(out, student, loss_fn, teacher, sets["train"], collate, evaluate, best_metric, save_student)
+    state, finished = train_loop(inputs, train_cfg, accelerator, resume=resume, stop_after=stop_after)
+    if not finished:
+        return RunResult(out, {"stopped_at_step": state.step})
+
+    best = out / "best"
+    if train_cfg.load_best and best.is_dir():
+        loaded = AutoModelForSequenceClassification.from_pretrained(best)
+        student.load_state_dict(loaded.state_dict())
+    metrics: dict[str, Any] = {
+        "kind": kind,
+        "method": config.method.name if kind == "distill" else "finetune",
+        "parameters": count_parameters(student),
+        "steps": state.step,
+        "best_step": state.best_step,
+        "train_seconds": round(state.train_seconds, 2),
+        "truncated": truncated,
+    }
+    for split, loader in eval_loaders.items():
+        if split not in config.eval.splits:
+            continue
+        logits, labels = predict_logits(student, loader, accelerator, desc=f"eval {split}")
+        preds = to_predictions(logits, task)
+        metrics[split] = compute_metrics(task, preds, labels, metric_names)
+        if teacher is not None:
+            t_logits, _ = predict_logits(teacher, loader, accelerator, side="teacher", desc=f"teacher {split}")
+            t_preds = to_predictions(t_logits, task)
+            metrics.setdefault("teacher", {})[split] = compute_metrics(task, t_preds, labels, metric_names)
+            if config.eval.agreement:
+                metrics[split]["agreement"] = agreement(task, preds, t_preds)
+    if teacher is not None:
+        metrics["teacher_parameters"] = count_parameters(teacher)
+    if accelerator.is_main_process:
+        for name in ("model.safetensors", "config.json"):
+            (out / name).unlink(missing_ok=True)
+        with atomic_dir(out / ".final") as tmp:
+            save_model(student, student_tok, tmp)
+        for item in (out / ".final").iterdir():
+            item.replace(out / item.name)
+        (out / ".final").rmdir()
+        shutil.rmtree(best, ignore_errors=True)
+        atomic_write_json(out / "metrics.json", metrics)
+        atomic_write_json(out / "trainer_state.json", asdict(state))
+    accelerator.wait_for_everyone()
+    return RunResult(out, metrics)
+
+
+def _load_teacher(name: str, config: Config, label_names: list[str] | None) -> PreTrainedModel:
+    from kdkit.models import load_classifier, load_model_config
+
+    if not has_trained_head(load_model_config(name)):
+        raise KdkitError(
+            f"teacher '{config.teacher.model}' has no trained classification head; fine-tune it first "
+            "(`kdkit finetune`) or set teacher.finetune to fine-tune it on this task before distilling"
+        )
+    return load_classifier(name, config.task, label_names)
+
+
+def finetune(
+    config: Config | dict[str, Any] | str | Path,
+    overrides: list[str] | None = None,
+    *,
+    which: str = "teacher",
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+) -> RunResult:
+    """Fine-tune the teacher (default) or the student of ``config`` on its task, without distillation.
+
+    Returns the output dir and final metrics. ``config`` is a YAML path, a dict or a ``Config``;
+    ``overrides`` are dotted ``key=value`` strings.
+    """
+    if which not in ("teacher", "student"):
+        raise KdkitError(f"which must be 'teacher' or 'student', got '{which}'")
+    return run(config, overrides, kind="finetune", which=which, resume=resume, overwrite=overwrite, stop_after=stop_after)
+
+
+def distill(
+    config: Config | dict[str, Any] | str | Path,
+    overrides: list[str] | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+) -> RunResult:
+    """Distill the teacher of ``config`` into its student with ``config.method``.
+
+    Returns the output dir and final metrics. ``config`` is a YAML path, a dict or a ``Config``.
+    """
+    return run(config, overrides, kind="distill", resume=resume, overwrite=overwrite, stop_after=stop_after)
+
+
+__all__ = ["RunResult", "distill", "finetune"]

@@ -1,0 +1,70 @@
+"""`kdkit validate`: check a config without training: types, paths, names, columns and label spaces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kdkit
+from kdkit.config import Config, load_config
+from kdkit.data import load_task_data
+from kdkit.errors import KdkitError
+from kdkit.eval.metrics import check_metrics, default_best_metric
+from kdkit.methods import METHODS
+from kdkit.models import has_trained_head, load_model_config, resolve_model_name
+from kdkit.models.load import check_label_space, encoder_depth_check
+
+
+def _check_model(role: str, name: str, config: Config, label_names: list[str] | None) -> tuple[str, Any | None]:
+    resolved = resolve_model_name(name)
+    if not Path(resolved).exists():
+        return f"{role}: '{name}' (hub id; not checked offline)", None
+    model_config = load_model_config(name)
+    check_label_space(name, model_config, config.task, label_names)
+    head = "trained head" if has_trained_head(model_config) else "base encoder (new head)"
+    return f"{role}: {name} ({model_config.model_type}, {model_config.num_hidden_layers} layers, {head})", model_config
+
+
+def validate(source: Config | dict[str, Any] | str | Path, overrides: list[str] | None = None) -> list[str]:
+    """Return a line of findings per part; raise ``KdkitError`` on the first problem."""
+    config = load_config(source, overrides)
+    lines = [f"config: task={config.task}, method={config.method.name}, output_dir={config.output_dir}"]
+    METHODS.get(config.method.name).check(config.method, config.task)
+    data = load_task_data(config.data, config.task)
+    sizes = ", ".join(f"{s}={len(data.split(s))}" for s in ("train", "validation", "test") if data.has(s))
+    labels = f"{data.num_labels} labels {data.label_names}" if data.label_names else "regression target"
+    lines.append(f"data: {sizes}; {labels}")
+    metrics = config.eval.metrics
+    if metrics:
+        check_metrics(config.task, metrics, data.num_labels)
+    best = config.train.best_metric or default_best_metric(config.task)
+    check_metrics(config.task, [best], data.num_labels)
+
+    if not config.teacher.model:
+        raise KdkitError("teacher.model is not set; name a hub id, a local dir or an asset (`kdkit ls`)")
+    line, teacher_cfg = _check_model("teacher", config.teacher.model, config, data.label_names)
+    lines.append(line + (" + fine-tuning first (teacher.finetune)" if config.teacher.finetune else ""))
+    if teacher_cfg is not None and not config.teacher.finetune and not has_trained_head(teacher_cfg):
+        lines.append(
+            "warning: the teacher has no trained head: `kdkit distill` needs teacher.finetune or a fine-tuned "
+            "teacher (`kdkit finetune` accepts it as is)"
+        )
+    student = config.student
+    if student.model:
+        line, student_cfg = _check_model("student", student.model, config, data.label_names)
+        lines.append(line)
+    else:
+        student_cfg = teacher_cfg
+        lines.append("student: cut from the teacher")
+    if student_cfg is not None and student.init == "pretrained":
+        encoder_depth_check(student_cfg.num_hidden_layers, student.layers, student.num_layers)
+    return lines
+
+
+def shipped_configs() -> list[Path]:
+    """The recipes in the repository's configs/ (next to src/), or ./configs."""
+    roots = [Path(kdkit.__file__).resolve().parents[2] / "configs", Path("configs")]
+    for root in roots:
+        if root.is_dir():
+            return sorted(root.glob("*.yaml"))
+    return []

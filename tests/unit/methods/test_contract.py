@@ -1,0 +1,113 @@
+"""Every registered method: finite loss, gradient reaches the student, zero distillation loss when the
+student equals the teacher; plus KD-specific wiring (hidden-state term, regression)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import fields
+from typing import Any
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from kdkit.config import resolve_method
+from kdkit.errors import KdkitError
+from kdkit.methods import METHODS
+from kdkit.methods.base import LossContext
+
+
+def _model(num_labels: int = 3, layers: int = 2, seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32, num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return BertForSequenceClassification(cfg)
+
+
+def _batch(num_labels: int = 3, regression: bool = False) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 50, (4, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    labels = torch.randn(4, generator=g) if regression else torch.randint(0, num_labels, (4,), generator=g)
+    return {"student": inputs, "teacher": inputs, "labels": labels}
+
+
+def _configs(name: str) -> list[Any]:
+    """The method's defaults, plus every optional term switched on where the method has one."""
+    base = resolve_method({"name": name})
+    out = [base]
+    names = {f.name for f in fields(base)}
+    if "hidden_weight" in names:
+        out.append(resolve_method({"name": name, "hidden_weight": 1.0}))
+    return out
+
+
+def _loss(config: Any, teacher: Any, student: Any, task: str = "classification") -> Any:
+    ctx = LossContext(task, teacher.config.num_labels, teacher.config, student.config, None, True)
+    return METHODS.get(config.name).Loss(config, ctx)
+
+
+def _forward(loss_fn: Any, student: Any, teacher: Any, batch: dict[str, Any]) -> Any:
+    hidden = getattr(loss_fn, "needs_hidden_states", False)
+    with torch.no_grad():
+        t_out = teacher.eval()(**batch["teacher"], output_hidden_states=hidden)
+    s_out = student(**batch["student"], output_hidden_states=hidden)
+    return loss_fn(s_out, t_out, batch)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_finite_loss_and_gradient_reaches_student(name: str) -> None:
+    for config in _configs(name):
+        teacher, student = _model(seed=0), _model(seed=1)
+        result = _forward(_loss(config, teacher, student), student.train(), teacher, _batch())
+        assert result.loss.ndim == 0 and torch.isfinite(result.loss)
+        result.loss.backward()
+        grads = [p.grad for p in student.parameters() if p.grad is not None]
+        assert grads and sum(g.abs().sum() for g in grads) > 0
+        assert all(p.grad is None for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_zero_distillation_loss_when_student_equals_teacher(name: str) -> None:
+    for config in _configs(name):
+        teacher = _model(seed=0)
+        student = copy.deepcopy(teacher).eval()
+        result = _forward(_loss(config, teacher, student), student, teacher, _batch())
+        assert result.parts["distill"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_hidden_term_uses_layer_map_and_projection() -> None:
+    teacher, student = _model(layers=4, seed=0), _model(layers=2, seed=1)
+    config = resolve_method({"name": "kd", "hidden_weight": 0.5, "layer_map": [1, 3]})
+    loss_fn = _loss(config, teacher, student)
+    assert loss_fn.layer_map == [1, 3] and len(loss_fn.proj) == 2
+    result = _forward(loss_fn, student, teacher, _batch())
+    assert result.parts["hidden"].item() > 0
+    result.loss.backward()
+    assert loss_fn.proj[0].weight.grad is not None  # the projection learns
+    with pytest.raises(KdkitError, match="layer_map"):
+        _loss(resolve_method({"name": "kd", "hidden_weight": 1.0, "layer_map": [0, 9]}), teacher, student)
+
+
+def test_kd_default_layer_map_follows_the_layers_the_student_was_cut_from() -> None:
+    teacher, student = _model(layers=4, seed=0), _model(layers=2, seed=1)
+    config = resolve_method({"name": "kd", "hidden_weight": 1.0})
+    ctx = LossContext("classification", 3, teacher.config, student.config, [0, 3], True)
+    assert METHODS.get("kd").Loss(config, ctx).layer_map == [0, 3]
+    assert _loss(config, teacher, student).layer_map == [1, 3]  # evenly spaced otherwise
+
+
+def test_kd_regression_uses_mse_and_rejects_kl() -> None:
+    teacher, student = _model(num_labels=1, seed=0), _model(num_labels=1, seed=1)
+    with pytest.raises(KdkitError, match="distance=mse"):
+        _loss(resolve_method({"name": "kd"}), teacher, student, task="regression")
+    config = resolve_method({"name": "kd", "distance": "mse", "alpha": 0.0})
+    batch = _batch(regression=True)
+    result = _forward(_loss(config, teacher, student, "regression"), student, teacher, batch)
+    with torch.no_grad():
+        expected = ((student(**batch["student"]).logits - teacher(**batch["teacher"]).logits) ** 2).mean()
+    assert result.loss.item() == pytest.approx(expected.item(), rel=1e-5)
