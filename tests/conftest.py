@@ -58,7 +58,7 @@ def sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
     rows = []
     for i in range(n):
         label = "positive" if i % 2 else "negative"
-        words = [rng.choice(POS if label == "positive" else NEG)] + rng.sample(FILL, 4)
+        words = [rng.choice(POS if label == "positive" else NEG), *rng.sample(FILL, 4)]
         rng.shuffle(words)
         rows.append((" ".join(words), label))
     return rows
@@ -82,7 +82,14 @@ def tiny_config(teacher: Path, data: Path, out: Path, **extra: object) -> dict:
         "student": {"layers": [0, 3], "max_length": 16},
         "data": {"train": str(data), "label_names": ["negative", "positive"], "split": {"validation": 0.25}},
         "method": {"name": "kd"},
-        "train": {"max_steps": 6, "batch_size": 8, "lr": 1e-3, "log_every": 1, "eval_every": 3, "save_every": 2},
+        "train": {
+            "max_steps": 6,
+            "batch_size": 8,
+            "lr": 1e-3,
+            "log_every": 1,
+            "eval_every": 3,
+            "save_every": 2,
+        },
         "eval": {"batch_size": 32, "splits": ["validation"]},
     }
     config.update(extra)

@@ -66,5 +66,7 @@ def asset_path(name: str, kind: str | None = None) -> Path:
     """Local path of a named asset; ``KdkitError`` with a hint for unknown names."""
     if not is_asset(name, kind):
         known = [a for a in ASSETS if kind is None or ASSETS[a].kind == kind]
-        raise KdkitError(f"unknown {kind or ''} asset '{name}'{did_you_mean(name, known)}; known: {', '.join(known)}")
+        raise KdkitError(
+            f"unknown {kind or ''} asset '{name}'{did_you_mean(name, known)}; known: {', '.join(known)}"
+        )
     return ASSETS[name].path()

@@ -33,13 +33,18 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
     p.add_argument(
-        "--stop-after", type=int, default=None, metavar="STEPS",
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="STEPS",
         help="checkpoint and stop after this many steps in this invocation (continue with --resume)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdkit", description="Knowledge distillation of pre-trained language models.")
+    parser = argparse.ArgumentParser(
+        prog="kdkit", description="Knowledge distillation of pre-trained language models."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -48,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a model on the task without a teacher")
     _add_run_args(p)
     p.add_argument(
-        "--which", choices=["teacher", "student"], default="teacher",
+        "--which",
+        choices=["teacher", "student"],
+        default="teacher",
         help="which model of the config to fine-tune (default: teacher; student gives the no-KD baseline)",
     )
     p = sub.add_parser("eval", help="evaluate a saved model on the config's data")
@@ -155,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # an unexpected failure: one line, the traceback with --debug
         if args.debug:
             raise
-        print(f"error: unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

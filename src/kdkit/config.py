@@ -6,6 +6,7 @@ A config is data (``yaml.safe_load``, never executed). Every field below is docu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -73,7 +74,9 @@ class ModelConfig:
     layers: list[int] | None = None  # keep these encoder layers (0-based, in order), e.g. [0, 5]
     num_layers: int | None = None  # keep this many layers, evenly spaced, first and last included
     init: Literal["pretrained", "random"] = "pretrained"  # random: fresh weights from the model's config
-    config_overrides: dict[str, Any] = field(default_factory=dict)  # config fields to change, e.g. hidden_size
+    config_overrides: dict[str, Any] = field(
+        default_factory=dict
+    )  # config fields to change, e.g. hidden_size
     max_length: int = 128  # tokens per example (longer inputs are truncated and counted)
     finetune: TrainConfig | None = None  # teacher only: fine-tune on the task first (cached in KDKIT_HOME)
 
@@ -191,10 +194,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     return key.split("."), value
 
 
@@ -223,7 +224,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise KdkitError(f"config file '{path}' is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+        raise KdkitError(
+            f"config file '{path}' is not valid YAML{where}: {getattr(err, 'problem', err)}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -15,14 +15,19 @@ from kdkit.models import has_trained_head, load_model_config, resolve_model_name
 from kdkit.models.load import check_label_space, encoder_depth_check
 
 
-def _check_model(role: str, name: str, config: Config, label_names: list[str] | None) -> tuple[str, Any | None]:
+def _check_model(
+    role: str, name: str, config: Config, label_names: list[str] | None
+) -> tuple[str, Any | None]:
     resolved = resolve_model_name(name)
     if not Path(resolved).exists():
         return f"{role}: '{name}' (hub id; not checked offline)", None
     model_config = load_model_config(name)
     check_label_space(name, model_config, config.task, label_names)
     head = "trained head" if has_trained_head(model_config) else "base encoder (new head)"
-    return f"{role}: {name} ({model_config.model_type}, {model_config.num_hidden_layers} layers, {head})", model_config
+    return (
+        f"{role}: {name} ({model_config.model_type}, {model_config.num_hidden_layers} layers, {head})",
+        model_config,
+    )
 
 
 def validate(source: Config | dict[str, Any] | str | Path, overrides: list[str] | None = None) -> list[str]:

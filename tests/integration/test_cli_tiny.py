@@ -19,7 +19,12 @@ from tests.conftest import tiny_config
 def kdkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [sys.executable, "-m", "kdkit.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+        [sys.executable, "-m", "kdkit.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
     )
 
 
@@ -71,13 +76,25 @@ def test_finetune_student_baseline_and_teacher(tiny_teacher: Path, tiny_csv: Pat
 
 def test_resume_gives_the_same_weights(tiny_teacher: Path, tiny_csv: Path, tmp_path: Path) -> None:
     """N steps straight == N/2 steps, stop, --resume for the rest (weights within 1e-6)."""
-    extra = {"train": {"max_steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 2, "save_every": 2, "load_best": False}}
+    extra = {
+        "train": {
+            "max_steps": 6,
+            "batch_size": 8,
+            "lr": 1e-3,
+            "eval_every": 2,
+            "save_every": 2,
+            "load_best": False,
+        }
+    }
     straight = write_config(tmp_path / "a.yaml", tiny_config(tiny_teacher, tiny_csv, tmp_path / "a", **extra))
     split = write_config(tmp_path / "b.yaml", tiny_config(tiny_teacher, tiny_csv, tmp_path / "b", **extra))
     assert kdkit("distill", "--config", str(straight)).returncode == 0
     first = kdkit("distill", "--config", str(split), "--stop-after", "3")
     assert first.returncode == 0, first.stderr[-3000:]
-    assert not (tmp_path / "b" / "metrics.json").exists() and (tmp_path / "b" / "checkpoints" / "step-3").is_dir()
+    assert (
+        not (tmp_path / "b" / "metrics.json").exists()
+        and (tmp_path / "b" / "checkpoints" / "step-3").is_dir()
+    )
     again = kdkit("distill", "--config", str(split))
     assert again.returncode == 2 and "--resume" in again.stderr  # refuses to clobber the stopped run
     second = kdkit("distill", "--config", str(split), "--resume")
@@ -111,6 +128,11 @@ def test_validate_and_ls(tiny_teacher: Path, tiny_csv: Path, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     assert "ok:" in proc.stdout and "2 labels" in proc.stdout
     proc = kdkit("ls")
-    assert proc.returncode == 0 and "kd " in proc.stdout and "minilm-l6" in proc.stdout and ".yaml" in proc.stdout
+    assert (
+        proc.returncode == 0
+        and "kd " in proc.stdout
+        and "minilm-l6" in proc.stdout
+        and ".yaml" in proc.stdout
+    )
     for command in ("distill", "finetune", "eval", "validate", "ls", "demo"):
         assert kdkit(command, "--help").returncode == 0

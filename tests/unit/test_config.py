@@ -23,7 +23,10 @@ def test_defaults_and_method_resolution() -> None:
         ({"train": {"lrr": 1e-4}}, "'train.lrr' is unknown \\(did you mean 'lr'\\?\\)"),
         ({"taks": "classification"}, "did you mean 'task'"),
         ({"method": {"name": "kdd"}}, "unknown method 'kdd' \\(did you mean 'kd'\\?\\)"),
-        ({"method": {"name": "kd", "temprature": 2}}, "'method.temprature' is unknown \\(did you mean 'temperature'"),
+        (
+            {"method": {"name": "kd", "temprature": 2}},
+            "'method.temprature' is unknown \\(did you mean 'temperature'",
+        ),
         ({"task": "clasification"}, "did you mean 'classification'"),
         ({"train": {"batch_size": "big"}}, "'train.batch_size' must be an integer"),
         ({"train": {"batch_size": 0}}, "'train.batch_size' must be > 0"),
@@ -60,7 +63,9 @@ def test_yaml_string_number_is_accepted() -> None:
 
 
 def test_round_trip_through_yaml(tmp_path: Path) -> None:
-    config = load_config({"teacher": {"model": "minilm-l6", "finetune": {"max_steps": 5}}}, ["method.alpha=0.2"])
+    config = load_config(
+        {"teacher": {"model": "minilm-l6", "finetune": {"max_steps": 5}}}, ["method.alpha=0.2"]
+    )
     path = tmp_path / "c.yaml"
     path.write_text(config.to_yaml())
     again = load_config(path)

@@ -45,20 +45,32 @@ def evaluate_saved(
         part = data.split(split)
         dataset = DistillDataset(part, encode(part, tokenizer, max_length), None)
         loader = torch.utils.data.DataLoader(dataset, batch_size=config.eval.batch_size, collate_fn=collate)
-        logits, labels = predict_logits(model, accelerator.prepare_data_loader(loader), accelerator, desc=f"eval {split}")
+        logits, labels = predict_logits(
+            model, accelerator.prepare_data_loader(loader), accelerator, desc=f"eval {split}"
+        )
         results[split] = compute_metrics(config.task, to_predictions(logits, config.task), labels, names)
     return results
 
 
 @torch.no_grad()
 def latency_per_example(
-    model: nn.Module, tokenizer: Any, texts: list[str], batch_size: int = 32, max_length: int = 128,
+    model: nn.Module,
+    tokenizer: Any,
+    texts: list[str],
+    batch_size: int = 32,
+    max_length: int = 128,
     repeats: int = 3,
 ) -> float:
     """Median seconds per example of ``model`` on ``texts`` in batches (tokenization excluded)."""
     model.eval()
     batches = [
-        tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        tokenizer(
+            texts[i : i + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         for i in range(0, len(texts), batch_size)
     ]
     model(**batches[0])  # warm-up

@@ -64,7 +64,9 @@ def check_metrics(task: str, names: list[str], num_labels: int | None = None) ->
             raise KdkitError("metric 'f1' (positive class) needs 2 classes; use macro_f1")
 
 
-def compute_metrics(task: str, predictions: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, float]:
+def compute_metrics(
+    task: str, predictions: np.ndarray, labels: np.ndarray, names: list[str]
+) -> dict[str, float]:
     """``{name: value}`` for predictions (class ids, or real values for regression) against labels."""
     check_metrics(task, names)
     table = REGRESSION if task == "regression" else CLASSIFICATION
@@ -76,5 +78,7 @@ def compute_metrics(task: str, predictions: np.ndarray, labels: np.ndarray, name
 def agreement(task: str, student_pred: np.ndarray, teacher_pred: np.ndarray) -> float:
     """Fraction of identical predicted classes, or Pearson r between predictions for regression."""
     if task == "regression":
-        return _pearson(np.asarray(student_pred, dtype=np.float64), np.asarray(teacher_pred, dtype=np.float64))
+        return _pearson(
+            np.asarray(student_pred, dtype=np.float64), np.asarray(teacher_pred, dtype=np.float64)
+        )
     return float(np.mean(np.asarray(student_pred) == np.asarray(teacher_pred)))

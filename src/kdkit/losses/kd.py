@@ -26,7 +26,9 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
         (N,) KL divergences (without the T^2 factor), >= 0.
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"logit shapes differ: student {tuple(student_logits.shape)}, teacher {tuple(teacher_logits.shape)}")
+        raise ValueError(
+            f"logit shapes differ: student {tuple(student_logits.shape)}, teacher {tuple(teacher_logits.shape)}"
+        )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (N, C)
@@ -87,7 +89,9 @@ def kd_mse_loss(
         Scalar mean over the batch.
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"logit shapes differ: student {tuple(student_logits.shape)}, teacher {tuple(teacher_logits.shape)}")
+        raise ValueError(
+            f"logit shapes differ: student {tuple(student_logits.shape)}, teacher {tuple(teacher_logits.shape)}"
+        )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     distill = F.mse_loss(student_logits.float(), teacher_logits.float())

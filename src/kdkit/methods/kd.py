@@ -73,7 +73,9 @@ class Loss(nn.Module):
         self.proj = nn.ModuleList()
         if self.needs_hidden_states:
             if not ctx.same_tokenizer:
-                raise KdkitError("method.hidden_weight > 0 pairs tokens, so teacher and student need the same tokenizer")
+                raise KdkitError(
+                    "method.hidden_weight > 0 pairs tokens, so teacher and student need the same tokenizer"
+                )
             assert ctx.teacher_config is not None
             n_s, n_t = ctx.student_config.num_hidden_layers, ctx.teacher_config.num_hidden_layers
             self.layer_map = config.layer_map or default_layer_map(ctx.student_layers, n_s, n_t)

@@ -74,7 +74,12 @@ def has_trained_head(config: PretrainedConfig) -> bool:
 def label_kwargs(task: str, label_names: list[str] | None) -> dict[str, Any]:
     """``from_pretrained`` kwargs that set the head size and label names for a task."""
     if task == "regression":
-        return {"num_labels": 1, "problem_type": "regression", "id2label": {0: "score"}, "label2id": {"score": 0}}
+        return {
+            "num_labels": 1,
+            "problem_type": "regression",
+            "id2label": {0: "score"},
+            "label2id": {"score": 0},
+        }
     assert label_names is not None
     return {
         "num_labels": len(label_names),

@@ -73,5 +73,7 @@ def load_checkpoint(accelerator: Accelerator, path: Path, scheduler: Any) -> Tra
         accelerator.load_state(str(path))
         scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=False))
     except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise KdkitError(f"checkpoint '{path}' is unreadable ({err}); delete it to resume from an earlier one") from None
+        raise KdkitError(
+            f"checkpoint '{path}' is unreadable ({err}); delete it to resume from an earlier one"
+        ) from None
     return state

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -88,7 +87,9 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _batches(loader: DataLoader, sampler: EpochSampler, accelerator: Accelerator, start: int) -> Iterator[Any]:
+def _batches(
+    loader: DataLoader, sampler: EpochSampler, accelerator: Accelerator, start: int
+) -> Iterator[Any]:
     """Endless micro-batches over epochs, starting after ``start`` micro-batches (resume)."""
     per_epoch = len(loader)
     epoch, skip = divmod(start, per_epoch)
@@ -151,7 +152,10 @@ def train_loop(
             teacher_out = None
             if teacher is not None:
                 with torch.no_grad(), accelerator.autocast():
-                    teacher_out = teacher(**batch["teacher"], output_hidden_states=getattr(inputs.loss_fn, "needs_hidden_states", False))
+                    teacher_out = teacher(
+                        **batch["teacher"],
+                        output_hidden_states=getattr(inputs.loss_fn, "needs_hidden_states", False),
+                    )
             # only the last micro-batch all-reduces gradients across processes
             sync = accelerator.no_sync(trainee) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
@@ -174,7 +178,10 @@ def train_loop(
         bar.update(1)
         bar.set_postfix({k: f"{v:.4f}" for k, v in parts_sum.items()})
         if state.step % cfg.log_every == 0 or state.step == total:
-            logger.log(state.step, {**{f"train/{k}": v for k, v in parts_sum.items()}, "train/lr": scheduler.get_last_lr()[0]})
+            logger.log(
+                state.step,
+                {**{f"train/{k}": v for k, v in parts_sum.items()}, "train/lr": scheduler.get_last_lr()[0]},
+            )
 
         last = state.step == total
         stopped = stop_after is not None and state.step - start_step >= stop_after and not last
@@ -183,7 +190,8 @@ def train_loop(
             logger.log(state.step, {f"eval/{k}": v for k, v in metrics.items()})
             value = metrics.get(inputs.best_metric)
             if value is not None and (
-                state.best_metric is None or (value > state.best_metric if higher else value < state.best_metric)
+                state.best_metric is None
+                or (value > state.best_metric if higher else value < state.best_metric)
             ):
                 state.best_metric, state.best_step = value, state.step
                 if accelerator.is_main_process:
@@ -203,5 +211,3 @@ def train_loop(
     accelerator.wait_for_everyone()
     accelerator.free_memory()  # the accelerator may train another model next (e.g. teacher, then student)
     return state, not stopped
-
-

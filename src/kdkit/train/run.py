@@ -137,9 +137,16 @@ def run(
         teacher = freeze(_load_teacher(teacher_name, config, label_names))
     splits = ["train", *[s for s in ("validation", *config.eval.splits) if data.has(s)]]
     sets, shared, truncated = _datasets(
-        data, student_tok, teacher_tok, model_cfg.max_length, config.teacher.max_length, list(dict.fromkeys(splits))
+        data,
+        student_tok,
+        teacher_tok,
+        model_cfg.max_length,
+        config.teacher.max_length,
+        list(dict.fromkeys(splits)),
     )
-    collate = Collator(student_tok.pad_token_id, teacher_tok.pad_token_id if teacher_tok else None, task == "regression")
+    collate = Collator(
+        student_tok.pad_token_id, teacher_tok.pad_token_id if teacher_tok else None, task == "regression"
+    )
     if kind == "distill":
         method = METHODS.get(config.method.name)
         ctx = LossContext(task, data.num_labels, teacher.config, student.config, student_layers, shared)
@@ -149,7 +156,9 @@ def run(
 
     metric_names = config.eval.metrics or default_metrics(task, data.num_labels)
     best_metric = train_cfg.best_metric or default_best_metric(task)
-    eval_loaders = {s: _loader(sets[s], collate, config.eval.batch_size, accelerator) for s in sets if s != "train"}
+    eval_loaders = {
+        s: _loader(sets[s], collate, config.eval.batch_size, accelerator) for s in sets if s != "train"
+    }
 
     def evaluate(model: nn.Module, acc: Accelerator) -> dict[str, float]:
         if "validation" not in eval_loaders:
@@ -160,7 +169,9 @@ def run(
     def save_student(model: nn.Module, path: Path) -> None:
         save_model(accelerator.unwrap_model(model), student_tok, path)
 
-    inputs = LoopInputs(out, student, loss_fn, teacher, sets["train"], collate, evaluate, best_metric, save_student)
+    inputs = LoopInputs(
+        out, student, loss_fn, teacher, sets["train"], collate, evaluate, best_metric, save_student
+    )
     state, finished = train_loop(inputs, train_cfg, accelerator, resume=resume, stop_after=stop_after)
     if not finished:
         return RunResult(out, {"stopped_at_step": state.step})
@@ -185,7 +196,9 @@ def run(
         preds = to_predictions(logits, task)
         metrics[split] = compute_metrics(task, preds, labels, metric_names)
         if teacher is not None:
-            t_logits, _ = predict_logits(teacher, loader, accelerator, side="teacher", desc=f"teacher {split}")
+            t_logits, _ = predict_logits(
+                teacher, loader, accelerator, side="teacher", desc=f"teacher {split}"
+            )
             t_preds = to_predictions(t_logits, task)
             metrics.setdefault("teacher", {})[split] = compute_metrics(task, t_preds, labels, metric_names)
             if config.eval.agreement:
@@ -234,7 +247,15 @@ def finetune(
     """
     if which not in ("teacher", "student"):
         raise KdkitError(f"which must be 'teacher' or 'student', got '{which}'")
-    return run(config, overrides, kind="finetune", which=which, resume=resume, overwrite=overwrite, stop_after=stop_after)
+    return run(
+        config,
+        overrides,
+        kind="finetune",
+        which=which,
+        resume=resume,
+        overwrite=overwrite,
+        stop_after=stop_after,
+    )
 
 
 def distill(

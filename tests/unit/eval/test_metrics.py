@@ -24,7 +24,9 @@ def test_regression_metrics() -> None:
     m = compute_metrics("regression", 2 * y + 1, y, ["pearson", "spearman", "mse"])
     assert m["pearson"] == pytest.approx(1.0) and m["spearman"] == pytest.approx(1.0)
     assert m["mse"] == pytest.approx(np.mean((y + 1) ** 2))
-    assert compute_metrics("regression", np.zeros(4), y, ["pearson"])["pearson"] == 0.0  # constant: defined as 0
+    assert (
+        compute_metrics("regression", np.zeros(4), y, ["pearson"])["pearson"] == 0.0
+    )  # constant: defined as 0
 
 
 def test_defaults_and_checks() -> None:

@@ -20,8 +20,15 @@ from kdkit.methods.base import LossContext
 def _model(num_labels: int = 3, layers: int = 2, seed: int = 0) -> BertForSequenceClassification:
     torch.manual_seed(seed)
     cfg = BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=32, num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return BertForSequenceClassification(cfg)
 
