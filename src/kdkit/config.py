@@ -74,9 +74,7 @@ class ModelConfig:
     layers: list[int] | None = None  # keep these encoder layers (0-based, in order), e.g. [0, 5]
     num_layers: int | None = None  # keep this many layers, evenly spaced, first and last included
     init: Literal["pretrained", "random"] = "pretrained"  # random: fresh weights from the model's config
-    config_overrides: dict[str, Any] = field(
-        default_factory=dict
-    )  # config fields to change, e.g. hidden_size
+    config_overrides: dict[str, Any] = field(default_factory=dict)  # with init=random: e.g. hidden_size
     max_length: int = 128  # tokens per example (longer inputs are truncated and counted)
     finetune: TrainConfig | None = None  # teacher only: fine-tune on the task first (cached in KDKIT_HOME)
 
