@@ -99,6 +99,52 @@ def _batches(
         epoch, skip = epoch + 1, 0
 
 
+def _accumulate(
+    trainee: nn.Module,
+    teacher: nn.Module | None,
+    stream: Iterator[Any],
+    loss_fn: nn.Module,
+    accelerator: Accelerator,
+    grad_accum: int,
+    state: TrainerState,
+) -> dict[str, float]:
+    """Forward and backward ``grad_accum`` micro-batches; returns the mean of each loss part."""
+    hidden = getattr(loss_fn, "needs_hidden_states", False)
+    parts_sum: dict[str, float] = {}
+    for micro in range(grad_accum):
+        batch = next(stream)
+        teacher_out = None
+        if teacher is not None:
+            with torch.no_grad(), accelerator.autocast():
+                teacher_out = teacher(**batch["teacher"], output_hidden_states=hidden)
+        # only the last micro-batch all-reduces gradients across processes
+        sync = accelerator.no_sync(trainee) if micro < grad_accum - 1 else contextlib.nullcontext()
+        with sync, accelerator.autocast():
+            result = trainee(batch, teacher_out)
+            accelerator.backward(result.loss / grad_accum)
+        for k, v in result.parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / grad_accum
+        state.examples_seen += len(batch["labels"]) * accelerator.num_processes
+    return parts_sum
+
+
+def _evaluate(
+    inputs: LoopInputs, student: nn.Module, accelerator: Accelerator, state: TrainerState, logger: RunLogger
+) -> None:
+    """Validation metrics to the logs; a new best (by inputs.best_metric) is saved to output_dir/best."""
+    metrics = inputs.evaluate(student, accelerator)
+    logger.log(state.step, {f"eval/{k}": v for k, v in metrics.items()})
+    value = metrics.get(inputs.best_metric)
+    if value is None:
+        return
+    higher = greater_is_better(inputs.best_metric)
+    if state.best_metric is None or (value > state.best_metric if higher else value < state.best_metric):
+        state.best_metric, state.best_step = value, state.step
+        if accelerator.is_main_process:
+            with atomic_dir(inputs.output_dir / "best") as tmp:
+                inputs.save_student(student, tmp)
+
+
 def train_loop(
     inputs: LoopInputs,
     train_cfg: Any,
@@ -140,30 +186,12 @@ def train_loop(
 
     logger = RunLogger(out / "logs", enabled=accelerator.is_main_process)
     stream = _batches(loader, sampler, accelerator, start=state.step * cfg.grad_accum)
-    higher = greater_is_better(inputs.best_metric)
     params = [p for p in trainee.parameters() if p.requires_grad]
     bar = tqdm(total=total, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
     start_step, t0, stopped = state.step, time.perf_counter(), False
     trainee.train()
     while state.step < total:
-        parts_sum: dict[str, float] = {}
-        for micro in range(cfg.grad_accum):
-            batch = next(stream)
-            teacher_out = None
-            if teacher is not None:
-                with torch.no_grad(), accelerator.autocast():
-                    teacher_out = teacher(
-                        **batch["teacher"],
-                        output_hidden_states=getattr(inputs.loss_fn, "needs_hidden_states", False),
-                    )
-            # only the last micro-batch all-reduces gradients across processes
-            sync = accelerator.no_sync(trainee) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
-            with sync, accelerator.autocast():
-                result = trainee(batch, teacher_out)
-                accelerator.backward(result.loss / cfg.grad_accum)
-            for k, v in result.parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / cfg.grad_accum
-            state.examples_seen += len(batch["labels"]) * accelerator.num_processes
+        parts_sum = _accumulate(trainee, teacher, stream, inputs.loss_fn, accelerator, cfg.grad_accum, state)
         if not all(math.isfinite(v) for v in parts_sum.values()):
             raise KdkitError(
                 f"loss is {parts_sum} at step {state.step + 1}; lower train.lr or use mixed_precision=no "
@@ -186,17 +214,7 @@ def train_loop(
         last = state.step == total
         stopped = stop_after is not None and state.step - start_step >= stop_after and not last
         if (cfg.eval_every and state.step % cfg.eval_every == 0) or last:
-            metrics = inputs.evaluate(accelerator.unwrap_model(trainee).student, accelerator)
-            logger.log(state.step, {f"eval/{k}": v for k, v in metrics.items()})
-            value = metrics.get(inputs.best_metric)
-            if value is not None and (
-                state.best_metric is None
-                or (value > state.best_metric if higher else value < state.best_metric)
-            ):
-                state.best_metric, state.best_step = value, state.step
-                if accelerator.is_main_process:
-                    with atomic_dir(out / "best") as tmp:
-                        inputs.save_student(accelerator.unwrap_model(trainee).student, tmp)
+            _evaluate(inputs, accelerator.unwrap_model(trainee).student, accelerator, state, logger)
             trainee.train()
         if (cfg.save_every and state.step % cfg.save_every == 0) or last or stopped:
             state.train_seconds += time.perf_counter() - t0

@@ -189,35 +189,54 @@ def run(
         "train_seconds": round(state.train_seconds, 2),
         "truncated": truncated,
     }
-    for split, loader in eval_loaders.items():
-        if split not in config.eval.splits:
-            continue
+    final_loaders = {s: loader for s, loader in eval_loaders.items() if s in config.eval.splits}
+    metrics.update(final_metrics(student, teacher, final_loaders, accelerator, config, metric_names))
+    if accelerator.is_main_process:
+        save_final(out, student, student_tok, metrics, state)
+    accelerator.wait_for_everyone()
+    return RunResult(out, metrics)
+
+
+def final_metrics(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    loaders: dict[str, Any],
+    accelerator: Accelerator,
+    config: Config,
+    metric_names: list[str],
+) -> dict[str, Any]:
+    """Student metrics per split; with a teacher, its metrics and the student-teacher agreement too."""
+    task = config.task
+    metrics: dict[str, Any] = {}
+    for split, loader in loaders.items():
         logits, labels = predict_logits(student, loader, accelerator, desc=f"eval {split}")
         preds = to_predictions(logits, task)
         metrics[split] = compute_metrics(task, preds, labels, metric_names)
-        if teacher is not None:
-            t_logits, _ = predict_logits(
-                teacher, loader, accelerator, side="teacher", desc=f"teacher {split}"
-            )
-            t_preds = to_predictions(t_logits, task)
-            metrics.setdefault("teacher", {})[split] = compute_metrics(task, t_preds, labels, metric_names)
-            if config.eval.agreement:
-                metrics[split]["agreement"] = agreement(task, preds, t_preds)
+        if teacher is None:
+            continue
+        t_logits, _ = predict_logits(teacher, loader, accelerator, side="teacher", desc=f"teacher {split}")
+        t_preds = to_predictions(t_logits, task)
+        metrics.setdefault("teacher", {})[split] = compute_metrics(task, t_preds, labels, metric_names)
+        if config.eval.agreement:
+            metrics[split]["agreement"] = agreement(task, preds, t_preds)
     if teacher is not None:
         metrics["teacher_parameters"] = count_parameters(teacher)
-    if accelerator.is_main_process:
-        for name in ("model.safetensors", "config.json"):
-            (out / name).unlink(missing_ok=True)
-        with atomic_dir(out / ".final") as tmp:
-            save_model(student, student_tok, tmp)
-        for item in (out / ".final").iterdir():
-            item.replace(out / item.name)
-        (out / ".final").rmdir()
-        shutil.rmtree(best, ignore_errors=True)
-        atomic_write_json(out / "metrics.json", metrics)
-        atomic_write_json(out / "trainer_state.json", asdict(state))
-    accelerator.wait_for_everyone()
-    return RunResult(out, metrics)
+    return metrics
+
+
+def save_final(
+    out: Path, student: PreTrainedModel, tokenizer: Any, metrics: dict[str, Any], state: Any
+) -> None:
+    """Write the student beside a temp name, move each file over the old one, then metrics.json last
+    (its presence marks a finished run)."""
+    with atomic_dir(out / ".final") as tmp:
+        save_model(student, tokenizer, tmp)
+    for item in (out / ".final").iterdir():
+        item.replace(out / item.name)  # atomic per file
+    (out / ".final").rmdir()
+    shutil.rmtree(out / "best", ignore_errors=True)
+    atomic_write_json(out / "trainer_state.json", asdict(state))
+    atomic_write_json(out / "metrics.json", metrics)
 
 
 def _load_teacher(name: str, config: Config, label_names: list[str] | None) -> PreTrainedModel:
