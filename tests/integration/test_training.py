@@ -95,3 +95,12 @@ def test_hidden_state_transfer_and_cosine_schedule(
     lrs = [r["train/lr"] for r in logs if "train/lr" in r]
     assert lrs[0] < lrs[2] and lrs[-1] < lrs[2]  # warmup then decay
     assert all("train/hidden" in r for r in logs if "train/lr" in r)
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tiny_teacher: Path, tiny_csv: Path, tmp_path: Path) -> None:
+    raw = tiny_config(tiny_teacher, tiny_csv, tmp_path / "run")
+    raw["train"].update(mixed_precision="bf16", max_steps=2)
+    result = kdkit.distill(raw)
+    assert result.metrics["steps"] == 2
+    saved = load_file(result.output_dir / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in saved.values())  # autocast: weights stay fp32

@@ -1,5 +1,29 @@
 """Pure loss math (no I/O, no models): public API. Shapes are documented on each function."""
 
+from kdkit.losses.atkd import atkd_loss, decoupled_kl
+from kdkit.losses.divergences import (
+    DIVERGENCES,
+    forward_kl,
+    generalized_jsd,
+    reverse_kl,
+    skew_kl,
+    token_divergence,
+    tvd,
+)
 from kdkit.losses.kd import hidden_mse, kd_loss, kd_mse_loss, soft_kl
 
-__all__ = ["hidden_mse", "kd_loss", "kd_mse_loss", "soft_kl"]
+__all__ = [
+    "DIVERGENCES",
+    "atkd_loss",
+    "decoupled_kl",
+    "forward_kl",
+    "generalized_jsd",
+    "hidden_mse",
+    "kd_loss",
+    "kd_mse_loss",
+    "reverse_kl",
+    "skew_kl",
+    "soft_kl",
+    "token_divergence",
+    "tvd",
+]
