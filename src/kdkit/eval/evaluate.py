@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from torch import nn
 
 from kdkit.config import Config, load_config
@@ -32,7 +31,9 @@ def evaluate_saved(
     check_label_space(model_dir, load_model_config(model_dir), config.task, data.label_names)
     model = load_classifier(model_dir, config.task, data.label_names)
     tokenizer = load_tokenizer(model_dir)
-    accelerator = Accelerator(mixed_precision=config.train.mixed_precision)
+    from kdkit.train.run import make_accelerator  # late import: train imports eval
+
+    accelerator = make_accelerator(config)
     names = config.eval.metrics or default_metrics(config.task, data.num_labels)
     collate = Collator(tokenizer.pad_token_id, None, config.task == "regression")
     max_length = config.student.max_length

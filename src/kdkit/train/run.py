@@ -71,6 +71,13 @@ def prepare_output_dir(config: Config, resume: bool, overwrite: bool, main: bool
 def make_accelerator(config: Config) -> Accelerator:
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, config.train.mixed_precision):
+        # Accelerate keeps one precision per process; a later run in the same Python process (API use,
+        # notebooks) may ask for another. The process group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=config.train.mixed_precision)
 
 
