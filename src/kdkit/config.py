@@ -131,8 +131,6 @@ class DataConfig:
     max_eval_samples: int | None = None  # seeded random subset of validation and test
 
     def __post_init__(self) -> None:
-        if self.train is None and self.dataset is None:
-            pass  # reported by validate(): a config may be loaded before its data is chosen
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None:

@@ -14,8 +14,7 @@ from kdkit.data import Collator, DistillDataset, encode, load_task_data
 from kdkit.errors import KdkitError
 from kdkit.eval.metrics import compute_metrics, default_metrics
 from kdkit.eval.predict import predict_logits, to_predictions
-from kdkit.models import load_classifier, load_model_config, load_tokenizer
-from kdkit.models.load import check_label_space
+from kdkit.models import load_classifier, load_tokenizer
 
 
 def evaluate_saved(
@@ -28,7 +27,6 @@ def evaluate_saved(
     config = load_config(config, overrides)
     model_dir = str(model_dir)
     data = load_task_data(config.data, config.task)
-    check_label_space(model_dir, load_model_config(model_dir), config.task, data.label_names)
     model = load_classifier(model_dir, config.task, data.label_names)
     tokenizer = load_tokenizer(model_dir)
     from kdkit.train.run import make_accelerator  # late import: train imports eval

@@ -50,20 +50,19 @@ def _hub_error(name: str, err: Exception) -> KdkitError:
     )
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    resolved = resolve_model_name(name)
+def _from_pretrained(loader: Any, name: str) -> Any:
     try:
-        return AutoTokenizer.from_pretrained(resolved)
+        return loader.from_pretrained(resolve_model_name(name))
     except OSError as err:
         raise _hub_error(name, err) from None
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    return _from_pretrained(AutoTokenizer, name)
 
 
 def load_model_config(name: str) -> PretrainedConfig:
-    resolved = resolve_model_name(name)
-    try:
-        return AutoConfig.from_pretrained(resolved)
-    except OSError as err:
-        raise _hub_error(name, err) from None
+    return _from_pretrained(AutoConfig, name)
 
 
 def has_trained_head(config: PretrainedConfig) -> bool:
