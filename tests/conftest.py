@@ -94,3 +94,90 @@ def tiny_config(teacher: Path, data: Path, out: Path, **extra: object) -> dict:
     }
     config.update(extra)
     return config
+
+
+# --- causal LM fixtures ----------------------------------------------------------------------------------
+
+LM_WORDS = [*POS, *NEG, *FILL, "question", "answer", "is", "what", "one", "two", "three", "four", "five", "user", "assistant"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+)
+
+
+def tiny_lm_tokenizer(path: Path) -> Path:
+    """A word-level tokenizer (one id per word, whitespace split) with bos/eos/pad/unk and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(LM_WORDS)) + [":", "?", "."])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_llama(path: Path, layers: int = 4, hidden: int = 32, vocab_pad: int = 64, seed: int = 0) -> Path:
+    """Save a tiny random Llama causal LM with the tiny word tokenizer at ``path``.
+
+    The embedding matrix is padded to a multiple of ``vocab_pad`` rows (as real checkpoints often are).
+    """
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tiny_lm_tokenizer(path)
+    n = len(AutoTokenizer.from_pretrained(path))
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=-(-n // vocab_pad) * vocab_pad,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-layer, 32-wide random Llama with a word-level tokenizer (vocab padded to 64)."""
+    return tiny_llama(tmp_path_factory.mktemp("tiny_lm"))
+
+
+def qa_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Tiny instruction data in the tiny LM's vocabulary: {"prompt", "output"} records."""
+    rng = random.Random(seed)
+    numbers = ["one", "two", "three", "four", "five"]
+    rows = []
+    for _ in range(n):
+        a = rng.choice(numbers)
+        words = rng.sample(FILL, 3)
+        rows.append({"prompt": f"question : what is {a} {' '.join(words)} ?", "output": f"answer : {a} {a} ."})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64-row prompt/output jsonl in the tiny LM's vocabulary."""
+    import json
+
+    path = tmp_path_factory.mktemp("lm_data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in qa_rows(64)))
+    return path

@@ -19,7 +19,7 @@ import yaml
 from kdkit.errors import KdkitError
 from kdkit.structured import from_dict, to_dict
 
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "causal_lm"]
 
 
 @dataclass
@@ -129,6 +129,10 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)  # seeded split for missing splits
     max_train_samples: int | None = None  # seeded random subset of train (e.g. limited-data runs)
     max_eval_samples: int | None = None  # seeded random subset of validation and test
+    prompt: str = "prompt"  # causal_lm: field with the prompt (the model's input; not trained on)
+    response: str | None = "output"  # causal_lm: field with the response (trained on); null: plain text in `text`
+    prompt_template: str | None = None  # causal_lm: build the prompt from fields, e.g. "Q: {question}\nA: "
+    chat_template: bool = False  # causal_lm: wrap the prompt as a user turn with the tokenizer's chat template
 
     def __post_init__(self) -> None:
         for key in ("max_train_samples", "max_eval_samples"):
@@ -145,19 +149,45 @@ class EvalConfig:
     splits: list[str] = field(default_factory=lambda: ["validation", "test"])  # splits reported at the end
     metrics: list[str] | None = None  # metric names; null: the task's defaults (see docs)
     agreement: bool = True  # report student-teacher agreement when a teacher is loaded
+    max_new_tokens: int = 128  # causal_lm: greedy generation length for ROUGE-L
+    datasets: dict[str, str] = field(default_factory=dict)  # causal_lm: more eval files, name -> path
 
     def __post_init__(self) -> None:
         _check_positive("eval.batch_size", self.batch_size)
+        _check_positive("eval.max_new_tokens", self.max_new_tokens)
         for split in self.splits:
             if split not in ("train", "validation", "test"):
                 raise KdkitError(f"eval.splits: unknown split '{split}'; use train, validation or test")
 
 
 @dataclass
+class GenerationConfig:
+    """causal_lm: where the training responses come from, and how models generate them."""
+
+    source: Literal["ground_truth", "teacher"] = "ground_truth"  # teacher: sequence-level KD (generated once)
+    on_policy: float = 0.0  # probability per batch that the student's own generations replace the responses
+    max_new_tokens: int = 128  # tokens generated per response
+    temperature: float = 1.0  # sampling temperature; 0 means greedy
+    top_p: float = 1.0  # nucleus sampling threshold (1 keeps the whole distribution)
+    seed: int = 0  # seed of the sampling
+    batch_size: int = 16  # prompts per generate call
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.on_policy <= 1.0:
+            raise KdkitError(f"config key 'generation.on_policy' must be in [0, 1], got {self.on_policy}")
+        if self.temperature < 0:
+            raise KdkitError(f"config key 'generation.temperature' must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise KdkitError(f"config key 'generation.top_p' must be in (0, 1], got {self.top_p}")
+        _check_positive("generation.max_new_tokens", self.max_new_tokens)
+        _check_positive("generation.batch_size", self.batch_size)
+
+
+@dataclass
 class Config:
     """One run: a task, a teacher, a student, data, a distillation method, training and evaluation."""
 
-    task: Task = "classification"  # classification (C classes) or regression (one real target)
+    task: Task = "classification"  # classification (C classes), regression (one real target) or causal_lm
     output_dir: str = "runs/kdkit"  # where the student, metrics, config, logs and checkpoints go
     teacher: ModelConfig = field(default_factory=ModelConfig)  # the model that teaches (frozen, eval mode)
     student: ModelConfig = field(default_factory=ModelConfig)  # the model that learns and is saved
@@ -165,6 +195,7 @@ class Config:
     method: Any = field(default_factory=lambda: {"name": "kd"})  # `name` + that method's fields (`kdkit ls`)
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation and checkpoints
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # causal_lm: training responses
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

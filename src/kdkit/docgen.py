@@ -12,7 +12,15 @@ import re
 import typing
 from typing import Any
 
-from kdkit.config import Config, DataConfig, EvalConfig, ModelConfig, SplitConfig, TrainConfig
+from kdkit.config import (
+    Config,
+    DataConfig,
+    EvalConfig,
+    GenerationConfig,
+    ModelConfig,
+    SplitConfig,
+    TrainConfig,
+)
 from kdkit.methods import METHODS
 
 _FIELD = re.compile(r"^\s+(\w+):\s*[^=#]+?(?:=.*?)?\s*#\s*(.+)$")
@@ -24,6 +32,7 @@ SECTIONS: list[tuple[str, type]] = [
     ("data", DataConfig),
     ("data.split", SplitConfig),
     ("eval", EvalConfig),
+    ("generation", GenerationConfig),
 ]
 
 
