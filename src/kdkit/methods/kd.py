@@ -51,6 +51,11 @@ class Config:
 
 
 def check(config: Config, task: str) -> None:
+    if task == "causal_lm":
+        raise KdkitError(
+            "method 'kd' is for classifiers; for task: causal_lm use forward_kl, reverse_kl, jsd, skew_kl, "
+            "tvd or atkd"
+        )
     if task == "regression" and config.distance == "kl":
         raise KdkitError("method 'kd' on a regression task needs method.distance=mse (one real output)")
 

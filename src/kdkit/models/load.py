@@ -139,10 +139,26 @@ def encoder_depth_check(total: int, layers: list[int] | None, num_layers: int | 
             raise KdkitError(f"layers {bad} do not exist: the model has layers 0..{total - 1}")
 
 
+# Config fields that hold one entry per layer (transformers 5.x: Qwen2/3, Gemma, GPT-OSS, SmolLM3, ...);
+# they must shrink with the layers, or caches and masks are built for the wrong layer kinds.
+PER_LAYER_CONFIG_KEYS = (
+    "layer_types",
+    "mlp_layer_types",
+    "no_rope_layers",
+    "layer_rope_theta",
+    "indexer_types",
+)
+
+
 def select_layers(model: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
-    """Keep only ``layers`` of the encoder (in the given order), in place; updates the config."""
+    """Keep only ``layers`` of the transformer blocks (in the given order), in place; updates the config.
+
+    Works for encoders (BERT) and decoders (Llama): each kept block's attention ``layer_idx`` is renumbered
+    (the KV cache is indexed by it), ``num_hidden_layers`` is set and per-layer config lists are sliced.
+    """
     blocks = encoder_layers(model)
-    encoder_depth_check(len(blocks), layers, None)
+    total = len(blocks)
+    encoder_depth_check(total, layers, None)
     kept = [blocks[i] for i in layers]
     for new_idx, block in enumerate(kept):  # some blocks carry their index (caches, attention masks)
         for mod in block.modules():
@@ -151,6 +167,10 @@ def select_layers(model: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
     blocks._modules.clear()
     for i, block in enumerate(kept):
         blocks.add_module(str(i), block)
+    for key in PER_LAYER_CONFIG_KEYS:
+        value = getattr(model.config, key, None)
+        if isinstance(value, list) and len(value) == total:
+            setattr(model.config, key, [value[i] for i in layers])
     model.config.num_hidden_layers = len(layers)
     return model
 

@@ -59,9 +59,22 @@ class Trainee(nn.Module):
         self.loss_fn = loss_fn
 
     def forward(self, batch: dict[str, Any], teacher_out: Any) -> Any:
-        hidden = getattr(self.loss_fn, "needs_hidden_states", False)
-        out = self.student(**batch["student"], output_hidden_states=hidden)
-        return self.loss_fn(out, teacher_out, batch)
+        return self.loss_fn(student_outputs(self.loss_fn, self.student, batch), teacher_out, batch)
+
+
+def student_outputs(loss_fn: nn.Module, student: nn.Module, batch: dict[str, Any]) -> Any:
+    """The student outputs the loss wants: its own ``student_forward`` (e.g. causal LMs: final hidden
+    states + LM head, for the chunked loss), else the model's output (with hidden states if asked)."""
+    if hasattr(loss_fn, "student_forward"):
+        return loss_fn.student_forward(student, batch)
+    return student(**batch["student"], output_hidden_states=getattr(loss_fn, "needs_hidden_states", False))
+
+
+def teacher_outputs(loss_fn: nn.Module, teacher: nn.Module, batch: dict[str, Any]) -> Any:
+    """Like ``student_outputs`` for the (frozen) teacher; the caller runs it under no_grad."""
+    if hasattr(loss_fn, "teacher_forward"):
+        return loss_fn.teacher_forward(teacher, batch)
+    return teacher(**batch["teacher"], output_hidden_states=getattr(loss_fn, "needs_hidden_states", False))
 
 
 @dataclass
@@ -77,6 +90,8 @@ class LoopInputs:
     evaluate: Any  # callable(student, accelerator) -> dict of validation metrics
     best_metric: str
     save_student: Any  # callable(student, dir) that writes a loadable model dir
+    # callable(batch, step, micro) -> batch, run before the forward passes (e.g. on-policy generations)
+    prepare_batch: Any = None
 
 
 def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -107,16 +122,18 @@ def _accumulate(
     accelerator: Accelerator,
     grad_accum: int,
     state: TrainerState,
+    prepare_batch: Any = None,
 ) -> dict[str, float]:
     """Forward and backward ``grad_accum`` micro-batches; returns the mean of each loss part."""
-    hidden = getattr(loss_fn, "needs_hidden_states", False)
     parts_sum: dict[str, float] = {}
     for micro in range(grad_accum):
         batch = next(stream)
+        if prepare_batch is not None:
+            batch = prepare_batch(batch, state.step, micro)
         teacher_out = None
         if teacher is not None:
             with torch.no_grad(), accelerator.autocast():
-                teacher_out = teacher(**batch["teacher"], output_hidden_states=hidden)
+                teacher_out = teacher_outputs(loss_fn, teacher, batch)
         # only the last micro-batch all-reduces gradients across processes
         sync = accelerator.no_sync(trainee) if micro < grad_accum - 1 else contextlib.nullcontext()
         with sync, accelerator.autocast():
@@ -191,7 +208,9 @@ def train_loop(
     start_step, t0, stopped = state.step, time.perf_counter(), False
     trainee.train()
     while state.step < total:
-        parts_sum = _accumulate(trainee, teacher, stream, inputs.loss_fn, accelerator, cfg.grad_accum, state)
+        parts_sum = _accumulate(
+            trainee, teacher, stream, inputs.loss_fn, accelerator, cfg.grad_accum, state, inputs.prepare_batch
+        )
         if not all(math.isfinite(v) for v in parts_sum.values()):
             raise KdkitError(
                 f"loss is {parts_sum} at step {state.step + 1}; lower train.lr or use mixed_precision=no "

@@ -122,6 +122,18 @@ def run(
     config = load_config(config, overrides)
     accelerator = accelerator or make_accelerator(config)
     task = config.task
+    if task == "causal_lm":
+        from kdkit.train.run_lm import run_lm
+
+        return run_lm(
+            config,
+            accelerator,
+            kind=kind,
+            which=which,
+            resume=resume,
+            overwrite=overwrite,
+            stop_after=stop_after,
+        )
     data = load_task_data(config.data, task)
     label_names = data.label_names
     if kind == "finetune" and which == "teacher":
@@ -219,7 +231,7 @@ def final_metrics(
         logits, labels = predict_logits(student, loader, accelerator, desc=f"eval {split}")
         preds = to_predictions(logits, task)
         metrics[split] = compute_metrics(task, preds, labels, metric_names)
-        if teacher is None:
+        if teacher is None or not config.eval.teacher:
             continue
         t_logits, _ = predict_logits(teacher, loader, accelerator, side="teacher", desc=f"teacher {split}")
         t_preds = to_predictions(t_logits, task)

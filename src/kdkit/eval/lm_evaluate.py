@@ -1,0 +1,125 @@
+"""Causal-LM metrics on a config's eval sets: perplexity on response tokens and ROUGE-L of greedy answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from kdkit.config import Config, load_config
+from kdkit.data.lm import (
+    LMCollator,
+    LMData,
+    LMDataset,
+    LMSplit,
+    encode_lm,
+    encode_prompts,
+    load_lm_data,
+    load_lm_file,
+)
+from kdkit.errors import KdkitError
+from kdkit.eval.lm import generation_scores, perplexity
+
+
+def eval_sets(data: LMData, config: Config, splits: list[str] | None = None) -> dict[str, LMSplit]:
+    """The eval splits of ``config`` that exist (or those asked for), then ``eval.datasets`` by name.
+
+    ``data.max_eval_samples`` takes a seeded random subset of each extra dataset too.
+    """
+    sets: dict[str, LMSplit] = {}
+    for name in splits or config.eval.splits:
+        if data.has(name):
+            sets[name] = data.split(name)
+        elif splits:
+            raise KdkitError(f"split '{name}' is not in the data; available: {data.available()}")
+    for name, path in config.eval.datasets.items():
+        if splits and name not in splits:
+            continue
+        split = load_lm_file(path, config.data)
+        limit = config.data.max_eval_samples
+        if limit is not None and len(split.prompts) > limit:
+            rng = np.random.default_rng(config.data.split.seed)
+            split = split.subset(np.sort(rng.choice(len(split.prompts), limit, replace=False)))
+        sets[name] = split
+    return sets
+
+
+def lm_loader(
+    split: LMSplit, tokenizer: Any, config: Config, accelerator: Accelerator, batch_size: int | None = None
+) -> Any:
+    enc = encode_lm(split, tokenizer, config.student.max_length, config.data.chat_template)
+    loader = torch.utils.data.DataLoader(
+        LMDataset(enc),
+        batch_size=batch_size or config.eval.batch_size,
+        shuffle=False,
+        collate_fn=LMCollator(tokenizer.pad_token_id),
+    )
+    return accelerator.prepare_data_loader(loader)
+
+
+def lm_metrics(
+    model: nn.Module,
+    tokenizer: Any,
+    split: LMSplit,
+    config: Config,
+    accelerator: Accelerator,
+    *,
+    vocab_size: int | None = None,
+    generations_file: Path | None = None,
+) -> dict[str, float]:
+    """Perplexity (response tokens) and, with ``eval.rouge``, ROUGE-L (x100) of greedy generations."""
+    metrics: dict[str, float] = {}
+    ppl = perplexity(
+        model, lm_loader(split, tokenizer, config, accelerator), accelerator, vocab_size=vocab_size
+    )
+    metrics["perplexity"] = ppl["perplexity"]
+    if config.eval.rouge:
+        prompt_len = max(1, config.student.max_length - config.eval.max_new_tokens)
+        ids = encode_prompts(split.prompts, tokenizer, prompt_len, config.data.chat_template)
+        scores = generation_scores(
+            model,
+            tokenizer,
+            ids,
+            split.references,
+            max_new_tokens=config.eval.max_new_tokens,
+            batch_size=config.eval.batch_size,
+        )
+        metrics["rouge_l"] = scores["rouge_l"]
+        if generations_file is not None and accelerator.is_main_process:
+            import json
+
+            from kdkit.io import atomic_write_text
+
+            rows = [
+                json.dumps({"prompt": p, "generation": g, "references": r})
+                for p, g, r in zip(split.prompts, scores["generations"], split.references, strict=True)
+            ]
+            atomic_write_text(generations_file, "\n".join(rows) + "\n")
+    return metrics
+
+
+def evaluate_lm_saved(
+    model_dir: str | Path,
+    config: Config | dict[str, Any] | str | Path,
+    overrides: list[str] | None = None,
+    splits: list[str] | None = None,
+) -> dict[str, Any]:
+    """`kdkit eval` for a causal LM: perplexity and ROUGE-L of the model in ``model_dir``."""
+    from kdkit.models import load_causal_lm, load_tokenizer
+    from kdkit.train.run import make_accelerator
+    from kdkit.train.run_lm import lm_tokenizer
+
+    config = load_config(config, overrides)
+    model_dir = str(model_dir)
+    accelerator = make_accelerator(config)
+    model = load_causal_lm(model_dir).to(accelerator.device)
+    tokenizer = lm_tokenizer(load_tokenizer(model_dir))
+    data = load_lm_data(config.data)
+    results: dict[str, Any] = {"model": model_dir}
+    for name, split in eval_sets(data, config, splits).items():
+        results[name] = lm_metrics(model, tokenizer, split, config, accelerator, vocab_size=len(tokenizer))
+    return results

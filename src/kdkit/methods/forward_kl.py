@@ -1,0 +1,39 @@
+"""Token-level forward KL, KL(p || q) per response token (word-level KD; Hinton et al. 2015, applied per
+token as in Kim and Rush, "Sequence-Level Knowledge Distillation", EMNLP 2016, Eq. 2 / word-level KD).
+
+p is the teacher's next-token distribution, q the student's; the loss is the mean over response tokens of
+``sum_j p_j (log p_j - log q_j)`` (``kdkit.losses.forward_kl``). Mode-covering: the student spreads mass
+over everything the teacher considers plausible."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kdkit.methods.lm_base import DivergenceLoss, check_causal_lm, check_common
+
+needs_teacher = True
+
+
+@dataclass
+class Config:
+    """Token-level forward KL(p || q) (word-level KD)."""
+
+    name: str = "forward_kl"  # method name
+    temperature: float = 1.0  # softmax temperature of both models (no T^2 factor)
+    ce_weight: float = 0.0  # weight of an added cross-entropy on the ground-truth tokens; 0 disables it
+    chunk_size: int = 1024  # tokens per chunk of the memory-lean loss; 0: full logits (more memory)
+
+    def __post_init__(self) -> None:
+        check_common(self)
+
+
+def check(config: Config, task: str) -> None:
+    check_causal_lm(config.name, task)
+
+
+class Loss(DivergenceLoss):
+    divergence = "forward_kl"
+
+    def divergence_kwargs(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,145 @@
+"""Loading causal-LM teachers and students (GPT/Llama-like) and checking that a pair can be distilled.
+
+A name is resolved as for classifiers (``resolve_model_name``): a named asset such as ``smollm2-135m``
+(converted once from GGUF, see ``kdkit.assets``), a local dir, or a hub id. A student is the teacher with
+some decoder layers kept (``layers`` / ``num_layers``), a fresh model from the teacher's config
+(``init: random`` + ``config_overrides``), or any pretrained causal LM that shares the teacher's tokenizer.
+
+Token-level distillation compares the two next-token distributions position by position, so both models
+must split text into the same tokens; cross-tokenizer distillation (e.g. ULD, DSKD) is not supported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from kdkit.config import ModelConfig
+from kdkit.data.encode import same_tokenizer
+from kdkit.errors import KdkitError
+from kdkit.models.load import (
+    PER_LAYER_CONFIG_KEYS,
+    _hub_error,
+    even_layers,
+    load_model_config,
+    resolve_model_name,
+    select_layers,
+)
+
+
+def config_with_overrides(config: PretrainedConfig, overrides: dict[str, Any] | None) -> PretrainedConfig:
+    """A new config of the same class with ``overrides`` applied; unknown keys raise ``KdkitError``.
+
+    The config is rebuilt (not patched in place) so that derived fields follow the overrides: a new
+    ``num_hidden_layers`` regenerates per-layer lists such as ``layer_types`` unless they are overridden too.
+    """
+    overrides = dict(overrides or {})
+    for key in overrides:
+        if not hasattr(config, key):
+            raise KdkitError(
+                f"config_overrides: '{key}' is not a field of {type(config).__name__}; "
+                "see the model's config.json for the fields it has"
+            )
+    settings = config.to_dict()
+    if "num_hidden_layers" in overrides:
+        for key in PER_LAYER_CONFIG_KEYS:
+            if key not in overrides:
+                settings.pop(key, None)
+    settings.update(overrides)
+    for key in ("_name_or_path", "transformers_version", "architectures"):
+        settings.pop(key, None)
+    return AutoConfig.for_model(**settings)
+
+
+def load_causal_lm(
+    name: str,
+    *,
+    init: str = "pretrained",
+    config_overrides: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> PreTrainedModel:
+    """A causal LM (``AutoModelForCausalLM``) from a name (asset, local dir or hub id).
+
+    ``init="random"`` builds fresh weights from the named model's config with ``config_overrides``
+    applied (e.g. ``{"hidden_size": 256, "num_hidden_layers": 4}``). ``dtype`` None keeps the
+    checkpoint's dtype (transformers 5 default "auto"); pass ``torch.float32`` for a student to train.
+    """
+    if init not in ("pretrained", "random"):
+        raise KdkitError(f"init must be 'pretrained' or 'random', got '{init}'")
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    if init == "random":
+        config = config_with_overrides(load_model_config(name), config_overrides)
+        return AutoModelForCausalLM.from_config(config, **kwargs)
+    if config_overrides:
+        raise KdkitError("config_overrides changes the architecture, so it needs init: random")
+    resolved = resolve_model_name(name)
+    try:
+        return AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
+    except OSError as err:
+        raise _hub_error(name, err) from None
+    except ValueError as err:  # e.g. an encoder checkpoint: "Unrecognized configuration class ..."
+        raise KdkitError(
+            f"model '{name}' is not a causal LM ({str(err).splitlines()[0][:160]}); "
+            "use a GPT/Llama-like model for task causal_lm"
+        ) from None
+
+
+def build_lm_student(cfg: ModelConfig, teacher_name: str) -> tuple[PreTrainedModel, list[int] | None]:
+    """The causal-LM student and, when it was cut from the teacher, the teacher layers it kept.
+
+    The student is ``cfg.model`` or (null) the teacher itself, pretrained or random (``cfg.init``), then
+    cut to ``cfg.layers`` or to ``cfg.num_layers`` evenly spaced layers (first and last kept).
+    """
+    name = cfg.model or teacher_name
+    model = load_causal_lm(name, init=cfg.init, config_overrides=cfg.config_overrides or None)
+    layers = cfg.layers
+    if cfg.num_layers is not None:
+        layers = even_layers(model.config.num_hidden_layers, cfg.num_layers)
+    if layers is not None:
+        select_layers(model, layers)
+    from_teacher = cfg.model is None and cfg.init == "pretrained"
+    return model, (layers if from_teacher else None)
+
+
+def output_rows(model: PreTrainedModel) -> int:
+    """Rows of the output embedding (the logits' last dim), which may exceed the tokenizer's size."""
+    head = model.get_output_embeddings()
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(model.config.get_text_config().vocab_size)
+
+
+def check_lm_pair(
+    student_tok: PreTrainedTokenizerBase,
+    teacher_tok: PreTrainedTokenizerBase,
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+) -> int:
+    """The shared real vocabulary size V = ``len(teacher_tok)``; raises when the pair cannot be distilled.
+
+    Both tokenizers must be the same (same ids for any text). Embedding matrices are often padded to a
+    multiple of 64/128 rows, differently in student and teacher, so the losses compare ``logits[..., :V]``;
+    V must fit in both models' output rows.
+    """
+    if not same_tokenizer(student_tok, teacher_tok):
+        raise KdkitError(
+            "the student's tokenizer differs from the teacher's: cross-tokenizer distillation is not "
+            "supported; use a student with the teacher's tokenizer (e.g. student.model: null with layers)"
+        )
+    vocab = len(teacher_tok)
+    for role, model in (("student", student), ("teacher", teacher)):
+        rows = output_rows(model)
+        if vocab > rows:
+            raise KdkitError(
+                f"the {role} has {rows} output logits but the tokenizer has {vocab} tokens; "
+                f"use a {role} whose vocab_size is at least {vocab}"
+            )
+    return vocab
