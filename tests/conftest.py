@@ -25,6 +25,11 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE at import time, before this fixture: without this, a test that
+    # names a hub id waits on network retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def tiny_bert(path: Path, layers: int, hidden: int = 32, num_labels: int = 2, seed: int = 0) -> Path:

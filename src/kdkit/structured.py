@@ -46,6 +46,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         raise KdkitError(f"config key '{where}' must be {names}, got {value!r}")
     if origin is Literal:
         choices = get_args(tp)
+        if value is False and "no" in choices:  # YAML 1.1 reads a bare `no` as false
+            value = "no"
         if value not in choices:
             raise KdkitError(
                 f"config key '{where}' must be one of {', '.join(map(str, choices))}, got {value!r}"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import kdkit
+from kdkit.assets import ASSETS, is_asset
 from kdkit.config import Config, load_config
 from kdkit.data import load_task_data
 from kdkit.errors import KdkitError
@@ -35,6 +36,8 @@ def validate(source: Config | dict[str, Any] | str | Path, overrides: list[str] 
     config = load_config(source, overrides)
     lines = [f"config: task={config.task}, method={config.method.name}, output_dir={config.output_dir}"]
     METHODS.get(config.method.name).check(config.method, config.task)
+    if config.task == "causal_lm":
+        return lines + _validate_lm(config)
     data = load_task_data(config.data, config.task)
     sizes = ", ".join(f"{s}={len(data.split(s))}" for s in ("train", "validation", "test") if data.has(s))
     labels = f"{data.num_labels} labels {data.label_names}" if data.label_names else "regression target"
@@ -60,6 +63,48 @@ def validate(source: Config | dict[str, Any] | str | Path, overrides: list[str] 
         lines.append(line)
     else:
         student_cfg = teacher_cfg
+        lines.append("student: cut from the teacher")
+    if student_cfg is not None and student.init == "pretrained":
+        encoder_depth_check(student_cfg.num_hidden_layers, student.layers, student.num_layers)
+    return lines
+
+
+def _lm_model_line(role: str, name: str) -> tuple[str, Any | None]:
+    """A causal LM by name; packaged assets are checked without converting them (that takes ~30 s)."""
+    if is_asset(name, "model"):
+        ASSETS[name].path()  # the package is installed
+        return f"{role}: {name} (packaged asset, converted on first use)", None
+    resolved = resolve_model_name(name)
+    if not Path(resolved).exists():
+        return f"{role}: '{name}' (hub id; not checked offline)", None
+    model_config = load_model_config(name)
+    if not any(a.endswith("ForCausalLM") for a in model_config.architectures or []):
+        raise KdkitError(f"{role}.model '{name}' is not a causal LM ({model_config.architectures})")
+    return f"{role}: {name} ({model_config.model_type}, {model_config.num_hidden_layers} layers)", model_config
+
+
+def _validate_lm(config: Config) -> list[str]:
+    from kdkit.data.lm import load_lm_data, load_lm_file
+
+    data = load_lm_data(config.data)
+    sizes = ", ".join(f"{s}={len(data.split(s).prompts)}" for s in data.available())
+    lines = [f"data: {sizes} (prompt '{config.data.prompt}', response '{config.data.response}')"]
+    for name, path in config.eval.datasets.items():
+        lines.append(f"eval.datasets.{name}: {len(load_lm_file(path, config.data).prompts)} examples")
+    best = config.train.best_metric or default_best_metric(config.task)
+    check_metrics(config.task, [best], 0)
+    if not config.teacher.model and not config.student.model:
+        raise KdkitError("set teacher.model (and student.layers / num_layers) or student.model")
+    teacher_cfg = None
+    if config.teacher.model:
+        line, teacher_cfg = _lm_model_line("teacher", config.teacher.model)
+        lines.append(line)
+    student = config.student
+    student_cfg = teacher_cfg
+    if student.model:
+        line, student_cfg = _lm_model_line("student", student.model)
+        lines.append(line)
+    else:
         lines.append("student: cut from the teacher")
     if student_cfg is not None and student.init == "pretrained":
         encoder_depth_check(student_cfg.num_hidden_layers, student.layers, student.num_layers)

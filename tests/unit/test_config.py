@@ -83,3 +83,8 @@ def test_bad_yaml_file(tmp_path: Path) -> None:
     path.write_text("- a\n- b\n")
     with pytest.raises(KdkitError, match="must hold a mapping"):
         load_config(path)
+
+
+def test_bare_no_on_the_command_line_is_the_string_no() -> None:
+    # YAML 1.1 reads `no` as false; mixed_precision's choices include the string "no"
+    assert load_config({}, ["train.mixed_precision=no"]).train.mixed_precision == "no"

@@ -238,7 +238,7 @@ def chunked_token_loss(
 
     def chunk(
         hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor, bt: Tensor | None, *y: Tensor
-    ):
+    ) -> tuple[Tensor, ...]:
         s_logits = _chunk_logits(hs, ws, bs)  # (c, V)
         with torch.no_grad():
             t_logits = _chunk_logits(ht, wt, bt)  # (c, V)
@@ -316,7 +316,7 @@ def chunked_atkd_loss(
 
     def chunk(
         hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor, bt: Tensor | None, *y: Tensor
-    ):
+    ) -> tuple[Tensor, ...]:
         g, is_hard = y
         s_logits = _chunk_logits(hs, ws, bs)  # (c, V)
         with torch.no_grad():

@@ -85,7 +85,9 @@ def load_causal_lm(
         return AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
     except OSError as err:
         raise _hub_error(name, err) from None
-    except ValueError as err:  # e.g. an encoder checkpoint: "Unrecognized configuration class ..."
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):  # e.g. T5/encoder configs have no causal LM
+            raise
         raise KdkitError(
             f"model '{name}' is not a causal LM ({str(err).splitlines()[0][:160]}); "
             "use a GPT/Llama-like model for task causal_lm"
