@@ -103,7 +103,22 @@ def tiny_config(teacher: Path, data: Path, out: Path, **extra: object) -> dict:
 
 # --- causal LM fixtures ----------------------------------------------------------------------------------
 
-LM_WORDS = [*POS, *NEG, *FILL, "question", "answer", "is", "what", "one", "two", "three", "four", "five", "user", "assistant"]
+LM_WORDS = [
+    *POS,
+    *NEG,
+    *FILL,
+    "question",
+    "answer",
+    "is",
+    "what",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "user",
+    "assistant",
+]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
     "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
@@ -174,7 +189,9 @@ def qa_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     for _ in range(n):
         a = rng.choice(numbers)
         words = rng.sample(FILL, 3)
-        rows.append({"prompt": f"question : what is {a} {' '.join(words)} ?", "output": f"answer : {a} {a} ."})
+        rows.append(
+            {"prompt": f"question : what is {a} {' '.join(words)} ?", "output": f"answer : {a} {a} ."}
+        )
     return rows
 
 

@@ -80,7 +80,10 @@ def _lm_model_line(role: str, name: str) -> tuple[str, Any | None]:
     model_config = load_model_config(name)
     if not any(a.endswith("ForCausalLM") for a in model_config.architectures or []):
         raise KdkitError(f"{role}.model '{name}' is not a causal LM ({model_config.architectures})")
-    return f"{role}: {name} ({model_config.model_type}, {model_config.num_hidden_layers} layers)", model_config
+    return (
+        f"{role}: {name} ({model_config.model_type}, {model_config.num_hidden_layers} layers)",
+        model_config,
+    )
 
 
 def _validate_lm(config: Config) -> list[str]:
