@@ -119,7 +119,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
     print("methods:")
     for name in METHODS:
-        doc = (METHODS.get(name).__doc__ or "").strip().splitlines()[0]
+        doc = (METHODS.get(name).Config.__doc__ or "").strip().splitlines()[0]
         print(f"  {name:<12} {doc}")
     print("assets:")
     for asset in ASSETS.values():

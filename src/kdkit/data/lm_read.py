@@ -21,8 +21,8 @@ import pandas as pd
 from kdkit.assets import ASSETS, is_asset
 from kdkit.config import DataConfig
 from kdkit.data.sources import SPLITS, read_splits, resolve_data_path
-from kdkit.data.tables import _BY_EXTENSION, read_table
-from kdkit.data.task_data import _hold_out, _is_missing
+from kdkit.data.tables import FORMAT_BY_EXTENSION, read_table
+from kdkit.data.task_data import hold_out, is_missing
 from kdkit.errors import KdkitError, did_you_mean
 
 # `{name}` placeholders only: a template is user text, so never str.format (no attribute/index access)
@@ -115,7 +115,7 @@ def load_lm_data(data: DataConfig) -> LMData:
             stats[name]["skipped"] = raw.skipped
             continue
         splits[name] = lm_split(raw.frame, raw.source, data, stats[name])
-    _hold_out(splits, data, stats)  # type: ignore[arg-type]  # needs only len() and subset()
+    hold_out(splits, data, stats)  # type: ignore[arg-type]  # needs only len() and subset()
     seed = data.split.seed
     for salt, name in enumerate(SPLITS, start=1):
         limit = data.max_train_samples if name == "train" else data.max_eval_samples
@@ -139,7 +139,7 @@ def load_lm_file(path: str, data: DataConfig) -> LMSplit:
     to ``data.format`` for an unknown extension.
     """
     resolved = resolve_data_path(path, data)
-    fmt = "auto" if resolved.suffix.lower() in _BY_EXTENSION else data.format
+    fmt = "auto" if resolved.suffix.lower() in FORMAT_BY_EXTENSION else data.format
     encoding = ASSETS[path].encoding if is_asset(path, "dataset") else data.encoding
     frame = read_table(resolved, fmt, header=data.header, encoding=encoding)
     return lm_split(frame, str(resolved), data, {})
@@ -164,7 +164,7 @@ def lm_split(frame: pd.DataFrame, source: str, data: DataConfig, stats: dict[str
         prompts = fill_template(data.prompt_template, frame, source)
     else:
         _require(frame, source, str(data.prompt), "data.prompt")
-        prompts = ["" if _is_missing(v) else str(v) for v in frame[str(data.prompt)].tolist()]
+        prompts = ["" if is_missing(v) else str(v) for v in frame[str(data.prompt)].tolist()]
     keep = [i for i, refs in enumerate(references) if refs]
     stats["dropped_empty_response"] = len(frame) - len(keep)
     if not keep:
@@ -191,7 +191,7 @@ def fill_template(template: str, frame: pd.DataFrame, source: str = "data") -> l
                 f"{source}: data.prompt_template uses field '{name}' that the data does not have"
                 f"{did_you_mean(name, existing)}; its fields: {', '.join(existing)}"
             )
-    values = {name: ["" if _is_missing(v) else str(v) for v in frame[name].tolist()] for name in fields}
+    values = {name: ["" if is_missing(v) else str(v) for v in frame[name].tolist()] for name in fields}
 
     def fill(i: int) -> str:  # one pass over the template: a value holding "{x}" is not filled again
         return _PLACEHOLDER.sub(lambda m: values[m.group(1)][i], template)
@@ -202,7 +202,7 @@ def fill_template(template: str, frame: pd.DataFrame, source: str = "data") -> l
 def _references(value: Any) -> list[str]:
     """The non-empty reference answers in a response value: a string, or a list of them (S-NI)."""
     items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
-    return [str(v) for v in items if not _is_missing(v)]
+    return [str(v) for v in items if not is_missing(v)]
 
 
 def _require(frame: pd.DataFrame, source: str, column: str, key: str) -> None:

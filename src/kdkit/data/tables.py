@@ -16,7 +16,7 @@ import pandas as pd
 from kdkit.errors import KdkitError, did_you_mean
 
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
-_BY_EXTENSION = {
+FORMAT_BY_EXTENSION = {
     ".csv": "csv",
     ".tsv": "tsv",
     ".txt": "tsv",
@@ -72,7 +72,7 @@ def read_table(
 
 def _pick_format(path: Path, format: str) -> str:
     if format == "auto":
-        fmt = _BY_EXTENSION.get(path.suffix.lower())
+        fmt = FORMAT_BY_EXTENSION.get(path.suffix.lower())
         if fmt is None:
             raise KdkitError(
                 f"data file '{path}': cannot tell the format from the extension '{path.suffix}'; "

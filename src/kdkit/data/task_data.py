@@ -112,7 +112,7 @@ def load_task_data(data: DataConfig, task: str) -> TaskData:
         labels = {n: regression_targets(c[2], raws[n].source) for n, c in columns.items()}
     splits: dict[str, Split | None] = {n: Split(c[0], c[1], labels[n]) for n, c in columns.items()}
 
-    _hold_out(splits, data, stats)
+    hold_out(splits, data, stats)
     seed = data.split.seed
     for salt, name in enumerate(SPLITS, start=1):
         limit = data.max_train_samples if name == "train" else data.max_eval_samples
@@ -168,7 +168,7 @@ def _columns(
         )
     idx = np.flatnonzero(keep)
     labels = frame[wanted["label"]].iloc[idx].reset_index(drop=True)
-    missing = np.flatnonzero([_is_missing(v) for v in labels])
+    missing = np.flatnonzero([is_missing(v) for v in labels])
     if len(missing):
         raise KdkitError(
             f"{raw.source}: {len(missing)} rows have no label in column '{wanted['label']}' "
@@ -180,10 +180,10 @@ def _columns(
 
 
 def _texts(values: pd.Series) -> list[str]:
-    return ["" if _is_missing(v) else str(v) for v in values.tolist()]
+    return ["" if is_missing(v) else str(v) for v in values.tolist()]
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     if value is None or value is pd.NA:
         return True
     if isinstance(value, float):
@@ -191,7 +191,7 @@ def _is_missing(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-def _hold_out(splits: dict[str, Split | None], data: DataConfig, stats: dict[str, Any]) -> None:
+def hold_out(splits: dict[str, Split | None], data: DataConfig, stats: dict[str, Any]) -> None:
     """Split validation (and test) off train with a seeded permutation when they have no source."""
     fractions = {
         name: getattr(data.split, name)
