@@ -130,13 +130,9 @@ class DataConfig:
     max_train_samples: int | None = None  # seeded random subset of train (e.g. limited-data runs)
     max_eval_samples: int | None = None  # seeded random subset of validation and test
     prompt: str = "prompt"  # causal_lm: field with the prompt (the model's input; not trained on)
-    response: str | None = (
-        "output"  # causal_lm: field with the response (trained on); null: plain text in `text`
-    )
+    response: str | None = "output"  # causal_lm: field with the response (trained on); null: plain text
     prompt_template: str | None = None  # causal_lm: build the prompt from fields, e.g. "Q: {question}\nA: "
-    chat_template: bool = (
-        False  # causal_lm: wrap the prompt as a user turn with the tokenizer's chat template
-    )
+    chat_template: bool = False  # causal_lm: wrap the prompt as a user turn of the chat template
 
     def __post_init__(self) -> None:
         for key in ("max_train_samples", "max_eval_samples"):

@@ -132,8 +132,9 @@ def test_perplexity_matches_cross_entropy_and_ignores_padding(lm, prompts) -> No
             loader = [_batch(rows[:2], 0, left, width), _batch(rows[2:], 0, left, width)]
             got = perplexity(model, loader, acc, vocab_size=vocab)
             assert got["tokens"] == n
-            assert got["nll"] == pytest.approx(nll / n, rel=1e-5)
-            assert got["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+            # fp32 matmuls of different padded shapes differ in the last bits (thread count, kernels)
+            assert got["nll"] == pytest.approx(nll / n, rel=1e-4)
+            assert got["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-4)
     full = perplexity(model, loader, acc, side="teacher")  # all 64 rows: a different distribution
     assert full["nll"] > got["nll"]  # the padded rows take probability mass
     with pytest.raises(KdkitError, match="no labelled tokens"):
