@@ -1,0 +1,28 @@
+"""`kdkit demo lm --quick` on the packaged SmolLM2-135M (converted once): a few minutes on 2 cores, so it
+is marked slow (`make test-slow`); the tiny-Llama tests in test_lm_tiny.py cover the same code paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdkit.demo_lm import run_demo_lm
+
+
+@pytest.mark.slow
+def test_demo_lm_quick_runs_and_reports(tmp_path: Path) -> None:
+    rows = run_demo_lm(tmp_path / "demo", quick=True)
+    assert [r["model"].split(",")[-1].strip() for r in rows][2:] == ["forward_kl", "atkd"]
+    teacher, before, fkl, atkd = rows
+    assert (
+        teacher["parameters"] > 130e6
+        and before["parameters"] == fkl["parameters"] < 0.5 * teacher["parameters"]
+    )
+    assert all(r["perplexity"] > 1 and 0 <= r["rouge_l"] <= 100 for r in rows)
+    assert teacher["perplexity"] < before["perplexity"]  # the cut student starts far from the teacher
+    for name in ("forward_kl", "atkd"):
+        assert (tmp_path / "demo" / name / "model.safetensors").is_file()
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved[3]["perplexity"] == atkd["perplexity"]
