@@ -140,3 +140,16 @@ def test_validate_and_ls(tiny_teacher: Path, tiny_csv: Path, tmp_path: Path) -> 
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
+
+
+def test_mixkd_through_cli(tiny_teacher: Path, tiny_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mixkd"
+    cfg = write_config(
+        tmp_path / "c.yaml", tiny_config(tiny_teacher, tiny_csv, out, method={"name": "mixkd"})
+    )
+    proc = kdkit("distill", "--config", str(cfg), "train.max_steps=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "mixkd" and metrics["steps"] == 4
+    logs = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
+    assert all(r["train/tmkd"] > 0 and r["train/sm"] > 0 for r in logs if "train/loss" in r)

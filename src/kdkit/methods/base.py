@@ -34,6 +34,7 @@ class LossContext:
     student_layers: list[int] | None = None  # teacher layers the student was cut from, if it was
     same_tokenizer: bool = True
     vocab_size: int | None = None  # causal_lm: the shared real vocabulary (logits compared on [:vocab_size])
+    seed: int = 0  # train.seed, for methods that draw random numbers (e.g. MixKD's pairs)
 
 
 @dataclass

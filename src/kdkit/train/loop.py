@@ -130,6 +130,8 @@ def _accumulate(
         batch = next(stream)
         if prepare_batch is not None:
             batch = prepare_batch(batch, state.step, micro)
+        if hasattr(loss_fn, "prepare_batch"):  # the method's own per-batch draws (e.g. MixKD's pairs)
+            batch = loss_fn.prepare_batch(batch, state.step, micro)
         teacher_out = None
         if teacher is not None:
             with torch.no_grad(), accelerator.autocast():

@@ -168,7 +168,9 @@ def run(
     )
     if kind == "distill":
         method = METHODS.get(config.method.name)
-        ctx = LossContext(task, data.num_labels, teacher.config, student.config, student_layers, shared)
+        ctx = LossContext(
+            task, data.num_labels, teacher.config, student.config, student_layers, shared, seed=train_cfg.seed
+        )
         loss_fn: nn.Module = method.Loss(config.method, ctx)
     else:
         loss_fn = TaskLoss(task)

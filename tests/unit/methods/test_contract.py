@@ -15,6 +15,7 @@ from kdkit.config import resolve_method
 from kdkit.errors import KdkitError
 from kdkit.methods import METHODS
 from kdkit.methods.base import LossContext
+from kdkit.train.loop import student_outputs, teacher_outputs
 
 
 def _model(num_labels: int = 3, layers: int = 2, seed: int = 0) -> BertForSequenceClassification:
@@ -71,12 +72,13 @@ def _loss(config: Any, teacher: Any, student: Any, task: str = "classification")
     return METHODS.get(config.name).Loss(config, ctx)
 
 
-def _forward(loss_fn: Any, student: Any, teacher: Any, batch: dict[str, Any]) -> Any:
-    hidden = getattr(loss_fn, "needs_hidden_states", False)
+def _forward(loss_fn: Any, student: Any, teacher: Any, batch: dict[str, Any], step: int = 0) -> Any:
+    """As the training loop does it: the method's batch preparation, then teacher and student outputs."""
+    if hasattr(loss_fn, "prepare_batch"):
+        batch = loss_fn.prepare_batch(batch, step, 0)
     with torch.no_grad():
-        t_out = teacher.eval()(**batch["teacher"], output_hidden_states=hidden)
-    s_out = student(**batch["student"], output_hidden_states=hidden)
-    return loss_fn(s_out, t_out, batch)
+        t_out = teacher_outputs(loss_fn, teacher.eval(), batch)
+    return loss_fn(student_outputs(loss_fn, student, batch), t_out, batch)
 
 
 def test_every_method_is_in_one_family() -> None:

@@ -1,0 +1,147 @@
+"""MixKD: mixup distillation for encoder classifiers (Liang et al., "MixKD: Towards Efficient Distillation
+of Large-scale Language Models", ICLR 2021, arXiv 2011.00593, Section 3).
+
+Besides the original examples, the student mimics the teacher on interpolations of example pairs, which
+helps most when task data is scarce. Pairs are (i, perm(i)) for a random in-batch permutation, with a
+weight ``lam ~ Beta(alpha, alpha)`` per pair; each model mixes its *own* word embeddings with the same lam
+and pairs (teacher and student may have different tokenizers: each side's pair is aligned position by
+position on its own padded batch), the attention mask of a mixed pair is the union of the two masks, and
+position and segment embeddings are added by the model as usual (``kdkit.losses.mixup``). Loss:
+
+    CE(s(x), y) + kd_weight * KD(t(x), s(x)) + tmkd_weight * KD(t(x~), s(x~)) + sm_weight * CE(s(x~), y~)
+
+with ``y~ = lam * y_i + (1 - lam) * y_perm(i)`` (one-hot or regression values; regression uses MSE for
+both CE terms). KD is ``T^2 * KL(softmax(t/T) || softmax(s/T))`` (``distance: kl``) or the MSE between
+logits (``distance: mse``; always for regression). The teacher is frozen, in eval mode, without gradient.
+
+Choices (the paper tunes its weights per task and does not fix them): ``alpha = 0.4`` for Beta(a, a), all
+weights 1 and T = 2 (as ``kd``). With ``tmkd_weight = sm_weight = 0`` no mixed example is built and the
+loss is exactly ``CE + kd_weight * KD``, i.e. ``2 * kd_loss(alpha=0.5)`` at the defaults. Segment ids of a
+mixed pair are those of its heavier member. lam and pairs are drawn per micro-batch from
+(train.seed, step, micro-batch), so resumed runs draw the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdkit.errors import KdkitError
+from kdkit.losses import kd_mse_loss, soft_kl
+from kdkit.losses.mixup import (
+    mix_attention_mask,
+    mix_embeddings,
+    mix_segments,
+    mix_targets,
+    sample_mixup,
+    soft_cross_entropy,
+)
+from kdkit.methods.base import LossContext, LossOutput, task_loss
+
+needs_teacher = True
+
+
+@dataclass
+class Config:
+    """MixKD (Liang et al., ICLR 2021): KD on original and embedding-mixup examples."""
+
+    name: str = "mixkd"  # method name
+    alpha: float = 0.4  # mixup: lam ~ Beta(alpha, alpha) per pair
+    kd_weight: float = 1.0  # weight of KD(t(x), s(x)) on the original examples
+    tmkd_weight: float = 1.0  # weight of KD(t(x~), s(x~)) on the mixed examples
+    sm_weight: float = 1.0  # weight of CE(s(x~), y~), the student's own mixup loss
+    temperature: float = 2.0  # softmax temperature T of the KL terms (scaled by T^2)
+    distance: Literal["kl", "mse"] = "kl"  # KD term: KL of softened outputs, or MSE of logits
+
+    def __post_init__(self) -> None:
+        if self.alpha <= 0:
+            raise KdkitError(f"config key 'method.alpha' must be > 0, got {self.alpha}")
+        for key in ("kd_weight", "tmkd_weight", "sm_weight"):
+            if getattr(self, key) < 0:
+                raise KdkitError(f"config key 'method.{key}' must be >= 0, got {getattr(self, key)}")
+        if self.temperature <= 0:
+            raise KdkitError(f"config key 'method.temperature' must be > 0, got {self.temperature}")
+
+
+def check(config: Config, task: str) -> None:
+    if task == "causal_lm":
+        raise KdkitError(
+            "method 'mixkd' is for classifiers and regression; for causal_lm use forward_kl etc."
+        )
+
+
+def mixed_forward(model: nn.Module, inputs: dict[str, Tensor], lam: Tensor, perm: Tensor) -> Any:
+    """The model on the mixed pairs of a batch: its own word embeddings mixed, masks united."""
+    embed = model.get_input_embeddings()(inputs["input_ids"])  # (B, T, D)
+    lam = lam.to(embed.device)
+    perm = perm.to(embed.device)
+    kwargs: dict[str, Tensor] = {
+        "inputs_embeds": mix_embeddings(embed, lam, perm),
+        "attention_mask": mix_attention_mask(inputs["attention_mask"], perm),
+    }
+    if "token_type_ids" in inputs:
+        kwargs["token_type_ids"] = mix_segments(inputs["token_type_ids"], lam, perm)
+    return model(**kwargs)
+
+
+class Loss(nn.Module):
+    needs_hidden_states = False
+
+    def __init__(self, config: Config, ctx: LossContext) -> None:
+        super().__init__()
+        check(config, ctx.task)
+        self.config = config
+        self.task = ctx.task
+        self.num_classes = None if ctx.task == "regression" else ctx.num_labels
+        self.seed = ctx.seed
+        self.mixing = config.tmkd_weight > 0 or config.sm_weight > 0
+
+    def prepare_batch(self, batch: dict[str, Any], step: int, micro: int) -> dict[str, Any]:
+        """Draw lam and the pairs for this micro-batch (shared by teacher and student)."""
+        if self.mixing:
+            rng = np.random.default_rng([self.seed, step, micro])
+            batch = {**batch, "mix": sample_mixup(len(batch["labels"]), self.config.alpha, rng)}
+        return batch
+
+    def _outputs(self, model: nn.Module, inputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Any, Any]:
+        out = model(**inputs)
+        mixed = mixed_forward(model, inputs, *batch["mix"]) if self.mixing else None
+        return out, mixed
+
+    def student_forward(self, student: nn.Module, batch: dict[str, Any]) -> tuple[Any, Any]:
+        return self._outputs(student, batch["student"], batch)
+
+    def teacher_forward(self, teacher: nn.Module, batch: dict[str, Any]) -> tuple[Any, Any]:
+        return self._outputs(teacher, batch["teacher"], batch)
+
+    def _kd(self, s: Tensor, t: Tensor) -> Tensor:
+        if self.config.distance == "mse" or self.task == "regression":
+            return kd_mse_loss(s, t, None)
+        return self.config.temperature**2 * soft_kl(s, t, self.config.temperature).mean()
+
+    def forward(self, student_out: Any, teacher_out: Any, batch: dict[str, Any]) -> LossOutput:
+        c = self.config
+        (s, s_mix), (t, t_mix) = student_out, teacher_out
+        ce = task_loss(s.logits, batch["labels"], self.task)
+        kd = self._kd(s.logits, t.logits.detach())
+        loss = ce + c.kd_weight * kd
+        distill = c.kd_weight * kd
+        parts = {"ce": ce.detach(), "kd": kd.detach()}
+        if self.mixing:
+            lam, perm = batch["mix"]
+            tmkd = self._kd(s_mix.logits, t_mix.logits.detach())
+            y_mix = mix_targets(batch["labels"], lam, perm, self.num_classes)
+            if self.task == "regression":
+                sm = F.mse_loss(s_mix.logits.float().reshape(-1), y_mix)
+            else:
+                sm = soft_cross_entropy(s_mix.logits, y_mix)
+            loss = loss + c.tmkd_weight * tmkd + c.sm_weight * sm
+            distill = distill + c.tmkd_weight * tmkd
+            parts.update({"tmkd": tmkd.detach(), "sm": sm.detach()})
+        parts["distill"] = distill.detach()  # the teacher-matching terms (zero when student == teacher)
+        parts["loss"] = loss.detach()
+        return LossOutput(loss, parts)
