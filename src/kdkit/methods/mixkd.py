@@ -56,8 +56,16 @@ class Config:
     sm_weight: float = 1.0  # weight of CE(s(x~), y~), the student's own mixup loss
     temperature: float = 2.0  # softmax temperature T of the KL terms (scaled by T^2)
     distance: Literal["kl", "mse"] = "kl"  # KD term: KL of softened outputs, or MSE of logits
+    augment_file: str | None = None  # extra unlabeled texts (data.text column; paraphrases), teacher-labelled
+    augment_model: str | None = None  # or a seq2seq model (hub id / dir) that rewrites each training text
+    augment_per_example: int = 1  # augment_model: rewrites per training text
+    augment_max_new_tokens: int = 64  # augment_model: length limit of a rewrite
 
     def __post_init__(self) -> None:
+        if self.augment_file and self.augment_model:
+            raise KdkitError("set method.augment_file or method.augment_model, not both")
+        if self.augment_per_example < 1 or self.augment_max_new_tokens < 1:
+            raise KdkitError("method.augment_per_example and method.augment_max_new_tokens must be >= 1")
         if self.alpha <= 0:
             raise KdkitError(f"config key 'method.alpha' must be > 0, got {self.alpha}")
         for key in ("kd_weight", "tmkd_weight", "sm_weight"):

@@ -154,6 +154,9 @@ def run(
     if kind == "distill":
         teacher_tok = load_tokenizer(config.teacher.tokenizer or teacher_name)
         teacher = freeze(_load_teacher(teacher_name, config, label_names))
+    augmented = 0
+    if kind == "distill":
+        data, augmented = _augment(data, config, teacher, teacher_tok, accelerator)
     splits = ["train", *[s for s in ("validation", *config.eval.splits) if data.has(s)]]
     sets, shared, truncated = _datasets(
         data,
@@ -210,6 +213,8 @@ def run(
         "train_seconds": round(state.train_seconds, 2),
         "truncated": truncated,
     }
+    if augmented:
+        metrics["augmented"] = augmented
     final_loaders = {s: loader for s, loader in eval_loaders.items() if s in config.eval.splits}
     metrics.update(final_metrics(student, teacher, final_loaders, accelerator, config, metric_names))
     if accelerator.is_main_process:
@@ -258,6 +263,41 @@ def save_final(
     shutil.rmtree(out / "best", ignore_errors=True)
     atomic_write_json(out / "trainer_state.json", asdict(state))
     atomic_write_json(out / "metrics.json", metrics)
+
+
+def _augment(
+    data: TaskData, config: Config, teacher: nn.Module, teacher_tok: Any, accelerator: Accelerator
+) -> tuple[TaskData, int]:
+    """MixKD augmentation: extra texts from a file or a seq2seq model, labelled by the teacher, appended
+    to train (so they join the pool that pairs are drawn from). Returns the data and the count added."""
+    from kdkit.data.augment import concat, generate_texts, read_texts, teacher_labelled
+
+    m = config.method
+    file, model = getattr(m, "augment_file", None), getattr(m, "augment_model", None)
+    if not file and not model:
+        return data, 0
+    train = data.split("train")
+    if file:
+        texts, pairs = read_texts(file, config.data)
+    else:
+        k = m.augment_per_example
+        texts = generate_texts(
+            model, train.texts, per_example=k, max_new_tokens=m.augment_max_new_tokens, seed=config.train.seed
+        )
+        pairs = None if train.text_pairs is None else [p for p in train.text_pairs for _ in range(k)]
+    teacher.to(accelerator.device)
+
+    def predict(split: Any) -> Any:
+        ds = DistillDataset(split, encode(split, teacher_tok, config.teacher.max_length), None)
+        collate = Collator(teacher_tok.pad_token_id, None, config.task == "regression")
+        loader = _loader(ds, collate, config.eval.batch_size, accelerator)
+        return predict_logits(teacher, loader, accelerator, desc="teacher labels")[0]
+
+    extra = teacher_labelled(texts, pairs, predict, config.task)
+    log.info(
+        "MixKD augmentation: %d teacher-labelled texts added to %d training examples", len(texts), len(train)
+    )
+    return replace(data, train=concat(train, extra)), len(texts)
 
 
 def _load_teacher(name: str, config: Config, label_names: list[str] | None) -> PreTrainedModel:
