@@ -1,0 +1,109 @@
+"""Limited-data SST-2: no KD vs KD vs MixKD for a 2-layer student, teacher fine-tuned on the full train set.
+
+    python benchmarks/sst2_mixkd.py [--sizes 500 2000] [--seeds 42 43 44] [--epochs 10] [--out runs/bench/mixkd]
+
+The MiniLM-L6 teacher is fine-tuned once on all 67,349 SST-2 training sentences (1 epoch; reused from
+``<out>/teacher`` when present). For every subset size and seed, a 2-layer student cut from the teacher's
+layers [0, 5] is trained on a seeded random subset of train (the seed also picks the subset) with the same
+steps three ways: the task loss only (no KD), vanilla KD (alpha 0.5, T 2) and MixKD (defaults). Prints
+SST-2 dev accuracy, mean and standard deviation over seeds, and writes the table and raw numbers to the
+output dir. Finished runs (metrics.json) are reused, so the script can be re-run after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "sst2_minilm2l_from_minilm6_kd.yaml"
+METHODS = {"no KD": None, "KD": "{name: kd, alpha: 0.5, temperature: 2.0}", "MixKD": "{name: mixkd}"}
+
+
+def _run(fn: object, overrides: list[str], out: Path, **kwargs: object) -> dict:
+    if (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    return fn(CONFIG, [*overrides, f"output_dir={out}"], resume=True, **kwargs).metrics  # type: ignore[operator]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--epochs", type=float, default=10.0, help="student epochs over its subset")
+    parser.add_argument("--teacher-samples", type=int, default=None, help="smoke runs only; default: all")
+    parser.add_argument("--out", default="runs/bench/mixkd")
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    args = parser.parse_args()
+
+    from kdkit.cli import _quiet_libraries
+    from kdkit.train.run import distill, finetune
+
+    _quiet_libraries()
+    out = Path(args.out)
+    base = [
+        f"data.root={args.data_root}",
+        "train.eval_every=null",
+        "train.save_every=null",
+        "eval.splits=[validation]",
+    ]
+    print("command:", " ".join(["python", *sys.argv]))
+    teacher_overrides = [*base, "teacher.finetune.save_every=500"]
+    if args.teacher_samples:
+        teacher_overrides.append(f"data.max_train_samples={args.teacher_samples}")
+    teacher = _run(finetune, teacher_overrides, out / "teacher", which="teacher")
+    print(f"teacher dev accuracy {teacher['validation']['accuracy']:.4f}")
+    student = [
+        *base,
+        f"teacher.model={out / 'teacher'}",
+        "teacher.finetune=null",
+        f"train.epochs={args.epochs}",
+    ]
+    acc: dict[str, dict[str, list[float]]] = {}
+    for size in args.sizes:
+        for seed in args.seeds:
+            common = [
+                *student,
+                f"data.max_train_samples={size}",
+                f"data.split.seed={seed}",
+                f"train.seed={seed}",
+            ]
+            for label, method in METHODS.items():
+                run_dir = out / f"{label.replace(' ', '').lower()}-{size}-{seed}"
+                if method is None:
+                    metrics = _run(finetune, common, run_dir, which="student")
+                else:
+                    metrics = _run(distill, [*common, f"method={method}"], run_dir)
+                acc.setdefault(str(size), {}).setdefault(label, []).append(metrics["validation"]["accuracy"])
+                print(f"n={size} seed={seed} {label}: {metrics['validation']['accuracy']:.4f}")
+
+    def fmt(values: list[float]) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+
+    lines = [
+        f"SST-2 dev accuracy (%), 872 sentences; seeds {args.seeds}; students {args.epochs:g} epochs on their "
+        f"subset; teacher (full train, 1 epoch): {100 * teacher['validation']['accuracy']:.2f}",
+        "",
+        "| training sentences | no KD | KD | MixKD | MixKD - KD |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for size, row in acc.items():
+        gain = 100 * (statistics.mean(row["MixKD"]) - statistics.mean(row["KD"]))
+        lines.append(
+            f"| {int(size):,} | {fmt(row['no KD'])} | {fmt(row['KD'])} | {fmt(row['MixKD'])} | {gain:+.2f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(
+        json.dumps({"teacher": teacher["validation"], "accuracy": acc}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()
