@@ -12,9 +12,11 @@ from kdkit.losses.divergences import (
     tvd,
 )
 from kdkit.losses.kd import hidden_mse, kd_loss, kd_mse_loss, soft_kl
+from kdkit.losses.relational import aggregate_neighbours, relational_kl, retrieval_augmented, supcon_loss
 
 __all__ = [
     "DIVERGENCES",
+    "aggregate_neighbours",
     "atkd_loss",
     "chunked_atkd_loss",
     "chunked_token_loss",
@@ -24,9 +26,12 @@ __all__ = [
     "hidden_mse",
     "kd_loss",
     "kd_mse_loss",
+    "relational_kl",
+    "retrieval_augmented",
     "reverse_kl",
     "skew_kl",
     "soft_kl",
+    "supcon_loss",
     "token_divergence",
     "tvd",
 ]
