@@ -23,7 +23,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/kdkit demo --output-dir runs/demo
 
-# causal-LM recipe: SmolLM2-135M -> 10-layer student, forward KL and ATKD (about an hour on 2 CPU cores)
+# causal-LM recipe: SmolLM2-135M -> 10-layer student, forward KL and ATKD (about 30 min on 2 CPU cores)
 demo-lm: $(STAMP)
 	$(BIN)/kdkit demo lm --output-dir runs/demo-lm
 
