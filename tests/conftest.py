@@ -52,6 +52,25 @@ def tiny_bert(path: Path, layers: int, hidden: int = 32, num_labels: int = 2, se
     return path
 
 
+def bert_classifier(
+    num_labels: int = 3, layers: int = 2, seed: int = 0, vocab: int = 50
+) -> BertForSequenceClassification:
+    """A tiny dropout-free BERT sequence classifier built from a config (method tests)."""
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return BertForSequenceClassification(cfg)
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-layer, 32-wide BERT classifier with a 'trained' head (saved as ForSequenceClassification)."""

@@ -20,9 +20,9 @@ import pandas as pd
 
 from kdkit.assets import ASSETS, is_asset
 from kdkit.config import DataConfig
-from kdkit.data.sources import SPLITS, read_splits, resolve_data_path
+from kdkit.data.sources import read_splits, resolve_data_path
 from kdkit.data.tables import FORMAT_BY_EXTENSION, read_table
-from kdkit.data.task_data import hold_out, is_missing
+from kdkit.data.task_data import SplitAccess, hold_out, is_missing, subsample
 from kdkit.errors import KdkitError, did_you_mean
 
 # `{name}` placeholders only: a template is user text, so never str.format (no attribute/index access)
@@ -66,36 +66,13 @@ def with_responses(split: LMSplit, responses: list[str]) -> LMSplit:
 
 
 @dataclass(eq=False)
-class LMData:
+class LMData(SplitAccess):
     """The splits of a causal-LM task."""
 
     train: LMSplit
     validation: LMSplit | None
     test: LMSplit | None
     stats: dict[str, Any] = field(default_factory=dict)  # per split: source, rows read/dropped/kept, ...
-
-    def has(self, name: str) -> bool:
-        """True when the split ``name`` exists."""
-        return name in SPLITS and getattr(self, name) is not None
-
-    def available(self) -> list[str]:
-        """The names of the splits that exist, in train/validation/test order."""
-        return [name for name in SPLITS if self.has(name)]
-
-    def split(self, name: str) -> LMSplit:
-        """The split called ``name`` (train, validation or test); ``KdkitError`` if there is none."""
-        if name not in SPLITS:
-            raise KdkitError(
-                f"unknown split '{name}'{did_you_mean(name, SPLITS)}; use train, validation or test"
-            )
-        value = getattr(self, name)
-        if value is None:
-            fraction = "data.split.validation" if name == "validation" else "data.split.test"
-            raise KdkitError(
-                f"there is no {name} split: set data.{name} to a file (or, with data.dataset, a split name), "
-                f"or {fraction} to a fraction of train to hold out"
-            )
-        return value
 
 
 def load_lm_data(data: DataConfig) -> LMData:
@@ -116,14 +93,7 @@ def load_lm_data(data: DataConfig) -> LMData:
             continue
         splits[name] = lm_split(raw.frame, raw.source, data, stats[name])
     hold_out(splits, data, stats)  # type: ignore[arg-type]  # needs only len() and subset()
-    seed = data.split.seed
-    for salt, name in enumerate(SPLITS, start=1):
-        limit = data.max_train_samples if name == "train" else data.max_eval_samples
-        split = splits.get(name)
-        if split is not None and limit is not None and limit < len(split):
-            rng = np.random.default_rng([seed, salt])  # same draws as the classification path
-            splits[name] = split.subset(np.sort(rng.choice(len(split), size=limit, replace=False)))
-            stats[name]["sampled_from"] = len(split)
+    subsample(splits, data, stats)  # same draws as the classification path
     for name, split in splits.items():
         if split is not None:
             stats[name]["rows"] = len(split)

@@ -44,21 +44,9 @@ class Split:
         )
 
 
-@dataclass(eq=False)
-class TaskData:
-    """The splits of one task, in one label space."""
-
-    task: str  # "classification" | "regression"
-    train: Split
-    validation: Split | None
-    test: Split | None
-    label_names: list[str] | None  # class names in id order; None for regression
-    stats: dict[str, Any] = field(default_factory=dict)  # per split: source, rows read/dropped/kept, ...
-
-    @property
-    def num_labels(self) -> int:
-        """Output size of the model head: C classes, or 1 for regression."""
-        return len(self.label_names) if self.label_names is not None else 1
+class SplitAccess:
+    """``has`` / ``available`` / ``split`` over the ``train``, ``validation`` and ``test`` attributes
+    (shared by the classification data and the causal-LM data)."""
 
     def has(self, name: str) -> bool:
         """True when the split ``name`` exists."""
@@ -68,7 +56,7 @@ class TaskData:
         """The names of the splits that exist, in train/validation/test order."""
         return [name for name in SPLITS if self.has(name)]
 
-    def split(self, name: str) -> Split:
+    def split(self, name: str) -> Any:
         """The split called ``name`` (train, validation or test); ``KdkitError`` if there is none."""
         if name not in SPLITS:
             raise KdkitError(
@@ -82,6 +70,23 @@ class TaskData:
                 f"or {fraction} to a fraction of train to hold out"
             )
         return value
+
+
+@dataclass(eq=False)
+class TaskData(SplitAccess):
+    """The splits of one task, in one label space."""
+
+    task: str  # "classification" | "regression"
+    train: Split
+    validation: Split | None
+    test: Split | None
+    label_names: list[str] | None  # class names in id order; None for regression
+    stats: dict[str, Any] = field(default_factory=dict)  # per split: source, rows read/dropped/kept, ...
+
+    @property
+    def num_labels(self) -> int:
+        """Output size of the model head: C classes, or 1 for regression."""
+        return len(self.label_names) if self.label_names is not None else 1
 
 
 def load_task_data(data: DataConfig, task: str) -> TaskData:
@@ -113,14 +118,7 @@ def load_task_data(data: DataConfig, task: str) -> TaskData:
     splits: dict[str, Split | None] = {n: Split(c[0], c[1], labels[n]) for n, c in columns.items()}
 
     hold_out(splits, data, stats)
-    seed = data.split.seed
-    for salt, name in enumerate(SPLITS, start=1):
-        limit = data.max_train_samples if name == "train" else data.max_eval_samples
-        split = splits.get(name)
-        if split is not None and limit is not None and limit < len(split):
-            rng = np.random.default_rng([seed, salt])
-            splits[name] = split.subset(np.sort(rng.choice(len(split), size=limit, replace=False)))
-            stats[name]["sampled_from"] = len(split)
+    subsample(splits, data, stats)
     for name, split in splits.items():
         if split is not None:
             stats[name]["rows"] = len(split)
@@ -189,6 +187,25 @@ def is_missing(value: Any) -> bool:
     if isinstance(value, float):
         return value != value  # NaN
     return isinstance(value, str) and not value.strip()
+
+
+def seeded_subset(split: Any, limit: int | None, seed: int | list[int]) -> Any:
+    """``limit`` examples of ``split`` drawn with ``seed``, kept in their order; the split itself when it
+    has no more than ``limit`` (any object with ``len()`` and ``subset(indices)``)."""
+    if limit is None or limit >= len(split):
+        return split
+    rng = np.random.default_rng(seed)
+    return split.subset(np.sort(rng.choice(len(split), size=limit, replace=False)))
+
+
+def subsample(splits: dict[str, Any], data: DataConfig, stats: dict[str, Any]) -> None:
+    """``max_train_samples`` / ``max_eval_samples``: seeded random subsets of each split, in place."""
+    for salt, name in enumerate(SPLITS, start=1):
+        limit = data.max_train_samples if name == "train" else data.max_eval_samples
+        split = splits.get(name)
+        if split is not None and limit is not None and limit < len(split):
+            splits[name] = seeded_subset(split, limit, [data.split.seed, salt])
+            stats[name]["sampled_from"] = len(split)
 
 
 def hold_out(splits: dict[str, Split | None], data: DataConfig, stats: dict[str, Any]) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import nn
@@ -21,8 +21,10 @@ from kdkit.data.lm import (
     load_lm_data,
     load_lm_file,
 )
+from kdkit.data.task_data import seeded_subset
 from kdkit.errors import KdkitError
 from kdkit.eval.lm import generation_scores, perplexity
+from kdkit.io import atomic_write_text
 
 
 def eval_sets(data: LMData, config: Config, splits: list[str] | None = None) -> dict[str, LMSplit]:
@@ -40,11 +42,7 @@ def eval_sets(data: LMData, config: Config, splits: list[str] | None = None) -> 
         if splits and name not in splits:
             continue
         split = load_lm_file(path, config.data)
-        limit = config.data.max_eval_samples
-        if limit is not None and len(split.prompts) > limit:
-            rng = np.random.default_rng(config.data.split.seed)
-            split = split.subset(np.sort(rng.choice(len(split.prompts), limit, replace=False)))
-        sets[name] = split
+        sets[name] = seeded_subset(split, config.data.max_eval_samples, config.data.split.seed)
     return sets
 
 
@@ -90,10 +88,6 @@ def lm_metrics(
         )
         metrics["rouge_l"] = scores["rouge_l"]
         if generations_file is not None and accelerator.is_main_process:
-            import json
-
-            from kdkit.io import atomic_write_text
-
             rows = [
                 json.dumps({"prompt": p, "generation": g, "references": r})
                 for p, g, r in zip(split.prompts, scores["generations"], split.references, strict=True)

@@ -204,15 +204,7 @@ def run(
     if train_cfg.load_best and best.is_dir():
         loaded = AutoModelForSequenceClassification.from_pretrained(best)
         student.load_state_dict(loaded.state_dict())
-    metrics: dict[str, Any] = {
-        "kind": kind,
-        "method": config.method.name if kind == "distill" else "finetune",
-        "parameters": count_parameters(student),
-        "steps": state.step,
-        "best_step": state.best_step,
-        "train_seconds": round(state.train_seconds, 2),
-        "truncated": truncated,
-    }
+    metrics = run_summary(kind, config, student, state, truncated)
     if augmented:
         metrics["augmented"] = augmented
     final_loaders = {s: loader for s, loader in eval_loaders.items() if s in config.eval.splits}
@@ -221,6 +213,21 @@ def run(
         save_final(out, student, student_tok, metrics, state)
     accelerator.wait_for_everyone()
     return RunResult(out, metrics)
+
+
+def run_summary(
+    kind: str, config: Config, student: nn.Module, state: Any, truncated: dict[str, int]
+) -> dict[str, Any]:
+    """The head of metrics.json: what ran, how big, how long, and how many inputs were truncated."""
+    return {
+        "kind": kind,
+        "method": config.method.name if kind == "distill" else "finetune",
+        "parameters": count_parameters(student),
+        "steps": state.step,
+        "best_step": state.best_step,
+        "train_seconds": round(state.train_seconds, 2),
+        "truncated": truncated,
+    }
 
 
 def final_metrics(

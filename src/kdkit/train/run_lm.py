@@ -58,7 +58,7 @@ def run_lm(
     overwrite: bool,
     stop_after: int | None,
 ) -> Any:
-    from kdkit.train.run import RunResult, prepare_output_dir, save_final, save_model
+    from kdkit.train.run import RunResult, prepare_output_dir, run_summary, save_final, save_model
 
     if kind == "distill":
         METHODS.get(config.method.name).check(config.method, "causal_lm")  # before any loading
@@ -153,15 +153,7 @@ def run_lm(
     best = out / "best"
     if train_cfg.load_best and best.is_dir():
         student.load_state_dict(AutoModelForCausalLM.from_pretrained(best).state_dict())
-    metrics: dict[str, Any] = {
-        "kind": kind,
-        "method": config.method.name if kind == "distill" else "finetune",
-        "parameters": count_parameters(student),
-        "steps": state.step,
-        "best_step": state.best_step,
-        "train_seconds": round(state.train_seconds, 2),
-        "truncated": {"train": train_enc.num_truncated},
-    }
+    metrics = run_summary(kind, config, student, state, {"train": train_enc.num_truncated})
     metrics.update(final_lm_metrics(student, teacher, tokenizer, data, config, accelerator, vocab, out))
     if accelerator.is_main_process:
         save_final(out, student, tokenizer, metrics, state)

@@ -9,29 +9,13 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from tests.conftest import bert_classifier as _model
 
 from kdkit.config import resolve_method
 from kdkit.errors import KdkitError
 from kdkit.methods import METHODS
 from kdkit.methods.base import LossContext
 from kdkit.train.loop import student_outputs, teacher_outputs
-
-
-def _model(num_labels: int = 3, layers: int = 2, seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        num_labels=num_labels,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertForSequenceClassification(cfg)
 
 
 def _batch(num_labels: int = 3, regression: bool = False) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from tests.conftest import bert_classifier as _model
 
 from kdkit.config import resolve_method
 from kdkit.errors import KdkitError
@@ -18,24 +18,6 @@ from kdkit.methods import METHODS
 from kdkit.methods import mixkd as mixkd_module
 from kdkit.methods.base import LossContext
 from kdkit.train.loop import student_outputs, teacher_outputs
-
-
-def _model(
-    num_labels: int = 3, layers: int = 2, seed: int = 0, vocab: int = 50
-) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=vocab,
-        hidden_size=16,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        num_labels=num_labels,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertForSequenceClassification(cfg)
 
 
 def _batch(regression: bool = False, teacher_len: int | None = None, n: int = 6) -> dict[str, Any]:
