@@ -3,7 +3,7 @@
     python benchmarks/sst2_mixkd.py [--sizes 500 2000] [--seeds 42 43 44] [--epochs 10] [--out runs/bench/mixkd]
 
 The MiniLM-L6 teacher is fine-tuned once on all 67,349 SST-2 training sentences (1 epoch; reused from
-``<out>/teacher`` when present). For every subset size and seed, a 2-layer student cut from the teacher's
+``--teacher-dir`` when present). For every subset size and seed, a 2-layer student cut from the teacher's
 layers [0, 5] is trained on a seeded random subset of train (the seed also picks the subset) with the same
 steps three ways: the task loss only (no KD), vanilla KD (alpha 0.5, T 2) and MixKD (defaults). Prints
 SST-2 dev accuracy, mean and standard deviation over seeds, and writes the table and raw numbers to the
@@ -36,6 +36,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=10.0, help="student epochs over its subset")
     parser.add_argument("--teacher-samples", type=int, default=None, help="smoke runs only; default: all")
     parser.add_argument("--out", default="runs/bench/mixkd")
+    parser.add_argument(
+        "--teacher-dir",
+        default="runs/bench/teachers/sst2",
+        help="fine-tuned teacher (shared with other benchmarks)",
+    )
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     args = parser.parse_args()
 
@@ -54,11 +59,12 @@ def main() -> None:
     teacher_overrides = [*base, "teacher.finetune.save_every=500"]
     if args.teacher_samples:
         teacher_overrides.append(f"data.max_train_samples={args.teacher_samples}")
-    teacher = _run(finetune, teacher_overrides, out / "teacher", which="teacher")
+    teacher_dir = Path(args.teacher_dir)
+    teacher = _run(finetune, teacher_overrides, teacher_dir, which="teacher")
     print(f"teacher dev accuracy {teacher['validation']['accuracy']:.4f}")
     student = [
         *base,
-        f"teacher.model={out / 'teacher'}",
+        f"teacher.model={teacher_dir}",
         "teacher.finetune=null",
         f"train.epochs={args.epochs}",
     ]

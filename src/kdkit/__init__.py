@@ -11,6 +11,7 @@ from kdkit.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfi
 from kdkit.errors import KdkitError
 from kdkit.eval.evaluate import evaluate_saved as evaluate
 from kdkit.methods import METHODS
+from kdkit.retrieval.predictor import ReAugPredictor
 from kdkit.train.run import RunResult, distill, finetune
 from kdkit.validate import validate
 
@@ -23,6 +24,7 @@ __all__ = [
     "EvalConfig",
     "KdkitError",
     "ModelConfig",
+    "ReAugPredictor",
     "RunResult",
     "TrainConfig",
     "__version__",

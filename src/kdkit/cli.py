@@ -1,4 +1,4 @@
-"""The `kdkit` command: distill, finetune, eval, validate, ls, demo.
+"""The `kdkit` command: distill, finetune, eval, predict, kb build, validate, ls, demo.
 
 Errors in the input (config, paths, columns, labels) print one line ``error: ...`` and exit with 2;
 ``--debug`` shows the traceback instead.
@@ -64,6 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--split", action="append", help="split(s) to evaluate (default: eval.splits)")
     p.add_argument("--output", help="also write the metrics as JSON to this file")
+    p = sub.add_parser(
+        "predict", help="predict labels with a saved classifier (ReAugKD runs: with retrieval)"
+    )
+    p.add_argument("--model", required=True, help="saved model dir (a run's output dir)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    source.add_argument("--input", help="csv/tsv/jsonl/parquet file of texts")
+    p.add_argument("--text-column", default="text", help="--input: column with the text (default: text)")
+    p.add_argument("--text-pair-column", default=None, help="--input: column with the second text of a pair")
+    p.add_argument("--output", help="write predictions as JSON lines here (default: stdout)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-retrieval", action="store_true", help="ReAugKD runs: the student alone")
+    p.add_argument("--beta", type=float, default=None, help="ReAugKD: weight of the retrieved labels")
+    p.add_argument("--k", type=int, default=None, help="ReAugKD: neighbours retrieved per text")
+    p = sub.add_parser("kb", help="ReAugKD knowledge bases: `kdkit kb build --config FILE`")
+    kb_sub = p.add_subparsers(dest="kb_command", required=True)
+    p = kb_sub.add_parser("build", help="build the KB of a config's teacher over its training data")
+    p.add_argument("--config", required=True)
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--output", default=None, help="KB dir (default: <output_dir>/kb, where distill finds it)")
     p = sub.add_parser("validate", help="check a config without training (types, paths, names, labels)")
     p.add_argument("--config", required=True)
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -100,6 +120,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from kdkit.eval.serve import predict_command
+
+    rows = predict_command(args)
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    if args.output:
+        from kdkit.io import atomic_write_text
+
+        atomic_write_text(args.output, "\n".join(lines) + "\n")
+        print(f"{len(rows)} predictions written to {args.output}")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _cmd_kb(args: argparse.Namespace) -> int:
+    from kdkit.retrieval.resolve import build_kb_for_config
+
+    path, kb = build_kb_for_config(args.config, args.overrides, args.output)
+    print(json.dumps({"kb": str(path), "entries": len(kb), "dim": kb.dim, "index": kb.meta["index"]["kind"]}))
     return 0
 
 
@@ -153,6 +196,8 @@ COMMANDS = {
     "distill": _cmd_run,
     "finetune": _cmd_run,
     "eval": _cmd_eval,
+    "predict": _cmd_predict,
+    "kb": _cmd_kb,
     "validate": _cmd_validate,
     "ls": _cmd_ls,
     "demo": _cmd_demo,

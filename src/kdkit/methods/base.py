@@ -7,7 +7,9 @@ A method module defines:
 - ``Loss(nn.Module)``: built once per run by ``Loss(config, context)``; it may own trainable parameters
   (e.g. projections), which are optimised and checkpointed with the student but not saved into it;
   ``forward(student_out, teacher_out, batch) -> LossOutput``;
-- ``check(config, task)``: raises ``KdkitError`` when the method cannot run on a task.
+- ``check(config, task)``: raises ``KdkitError`` when the method cannot run on a task;
+- optionally ``prepare(config, env: PrepareEnv) -> dict``: work before training whose result reaches the
+  loss as ``LossContext.resources`` (ReAugKD's knowledge base).
 
 The math lives in ``kdkit.losses``; a method only wires model outputs to it.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch.nn.functional as F
@@ -35,6 +38,25 @@ class LossContext:
     same_tokenizer: bool = True
     vocab_size: int | None = None  # causal_lm: the shared real vocabulary (logits compared on [:vocab_size])
     seed: int = 0  # train.seed, for methods that draw random numbers (e.g. MixKD's pairs)
+    resources: dict[str, Any] = field(
+        default_factory=dict
+    )  # what the method's prepare() built (ReAugKD's KB)
+
+
+@dataclass
+class PrepareEnv:
+    """What a method's optional ``prepare(config, env) -> resources`` hook may use before training (e.g.
+    ReAugKD builds its knowledge base with the teacher over the training set)."""
+
+    config: Any  # the run's kdkit Config
+    teacher: nn.Module
+    teacher_name: str  # name or dir the teacher was loaded from (for fingerprints)
+    student: nn.Module
+    train_set: Any  # DistillDataset of the training split (teacher side included)
+    collate: Any
+    accelerator: Any
+    output_dir: Path
+    label_names: list[str] | None
 
 
 @dataclass

@@ -7,6 +7,7 @@ Output dir of a run::
     metrics.json                                      final metrics (student, teacher, agreement)
     logs/train.jsonl, logs/tb/                        training curves
     checkpoints/step-N/                               resumable state (`--resume`)
+    kb/                                               ReAugKD: the knowledge base (kdkit.retrieval.kb)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from kdkit.eval.metrics import agreement, compute_metrics, default_best_metric, 
 from kdkit.eval.predict import predict_logits, to_predictions
 from kdkit.io import atomic_dir, atomic_write_json, atomic_write_text
 from kdkit.methods import METHODS
-from kdkit.methods.base import LossContext, TaskLoss
+from kdkit.methods.base import LossContext, PrepareEnv, TaskLoss
 from kdkit.models import build_student, count_parameters, freeze, has_trained_head, load_tokenizer
 from kdkit.train.loop import LoopInputs, train_loop
 from kdkit.train.teacher import resolve_teacher
@@ -48,7 +49,8 @@ def prepare_output_dir(config: Config, resume: bool, overwrite: bool, main: bool
     """Refuse to mix two runs in one dir: a different run there needs --overwrite (or --resume if same)."""
     out = Path(config.output_dir)
     saved = out / "config.yaml"
-    if out.exists() and any(out.iterdir()):
+    # a knowledge base built ahead by `kdkit kb build` may sit in the dir alone (ReAugKD reuses it)
+    if out.exists() and any(p.name != "kb" for p in out.iterdir()):
         if overwrite:
             if main:
                 shutil.rmtree(out)
@@ -153,8 +155,8 @@ def run(
     teacher, teacher_tok = None, None
     if kind == "distill":
         teacher_tok = load_tokenizer(config.teacher.tokenizer or teacher_name)
-        teacher = freeze(_load_teacher(teacher_name, config, label_names))
-    augmented = 0
+        teacher = freeze(load_teacher(teacher_name, config, label_names))
+    augmented, resources = 0, {}
     if kind == "distill":
         data, augmented = _augment(data, config, teacher, teacher_tok, accelerator)
     splits = ["train", *[s for s in ("validation", *config.eval.splits) if data.has(s)]]
@@ -171,8 +173,20 @@ def run(
     )
     if kind == "distill":
         method = METHODS.get(config.method.name)
+        if hasattr(method, "prepare"):  # e.g. ReAugKD's knowledge base, built with the teacher
+            env = PrepareEnv(
+                config, teacher, teacher_name, student, sets["train"], collate, accelerator, out, label_names
+            )
+            resources = method.prepare(config.method, env)
         ctx = LossContext(
-            task, data.num_labels, teacher.config, student.config, student_layers, shared, seed=train_cfg.seed
+            task,
+            data.num_labels,
+            teacher.config,
+            student.config,
+            student_layers,
+            shared,
+            seed=train_cfg.seed,
+            resources=resources,
         )
         loss_fn: nn.Module = method.Loss(config.method, ctx)
     else:
@@ -209,6 +223,13 @@ def run(
         metrics["augmented"] = augmented
     final_loaders = {s: loader for s, loader in eval_loaders.items() if s in config.eval.splits}
     metrics.update(final_metrics(student, teacher, final_loaders, accelerator, config, metric_names))
+    if "kb" in resources:  # ReAugKD: the same splits with retrieval from the knowledge base
+        from kdkit.retrieval.predictor import RetrievalSettings, evaluate_with_retrieval
+
+        settings = RetrievalSettings.of_method(config.method)
+        metrics["retrieval"] = evaluate_with_retrieval(
+            student, resources["kb"], final_loaders, accelerator, settings, task, metric_names
+        )
     if accelerator.is_main_process:
         save_final(out, student, student_tok, metrics, state)
     accelerator.wait_for_everyone()
@@ -307,7 +328,7 @@ def _augment(
     return replace(data, train=concat(train, extra)), len(texts)
 
 
-def _load_teacher(name: str, config: Config, label_names: list[str] | None) -> PreTrainedModel:
+def load_teacher(name: str, config: Config, label_names: list[str] | None) -> PreTrainedModel:
     from kdkit.models import load_classifier, load_model_config
 
     if not has_trained_head(load_model_config(name)):

@@ -19,17 +19,10 @@ from accelerate import Accelerator
 from kdkit.config import Config, kdkit_home
 from kdkit.data import resolve_data_path
 from kdkit.errors import KdkitError
+from kdkit.io import file_digest
 from kdkit.structured import to_dict
 
 CACHE_VERSION = 1
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def teacher_cache_key(config: Config) -> str:
@@ -41,7 +34,7 @@ def teacher_cache_key(config: Config) -> str:
             value = getattr(config.data, split)
             if value is not None:
                 path = resolve_data_path(value, config.data)
-                files[split] = _file_digest(path) if path.is_file() else str(path)
+                files[split] = file_digest(path) if path.is_file() else str(path)
     data.pop("root", None)  # where the files live does not matter, what they hold does
     for split in files:
         data.pop(split, None)

@@ -25,7 +25,7 @@ def _batch(num_labels: int = 3, regression: bool = False) -> dict[str, Any]:
     mask[0, 5:] = 0
     inputs = {"input_ids": ids, "attention_mask": mask}
     labels = torch.randn(4, generator=g) if regression else torch.randint(0, num_labels, (4,), generator=g)
-    return {"student": inputs, "teacher": inputs, "labels": labels}
+    return {"student": inputs, "teacher": inputs, "labels": labels, "idx": torch.arange(4)}
 
 
 def _configs(name: str) -> list[Any]:
@@ -53,7 +53,26 @@ LM_METHODS = [n for n in METHODS.names() if _task(n) == "causal_lm"]
 
 def _loss(config: Any, teacher: Any, student: Any, task: str = "classification") -> Any:
     ctx = LossContext(task, teacher.config.num_labels, teacher.config, student.config, None, True)
+    if config.name == "reaugkd":
+        ctx.resources = identity_kb(teacher, _batch(teacher.config.num_labels), k=2)
     return METHODS.get(config.name).Loss(config, ctx)
+
+
+def identity_kb(teacher: Any, batch: dict[str, Any], k: int) -> dict[str, Any]:
+    """ReAugKD resources over the batch's examples with an identity projection: a student equal to the
+    teacher then has z_S = z_T, so its relational loss is zero."""
+    from kdkit.retrieval.build import train_neighbours
+    from kdkit.retrieval.kb import KnowledgeBase
+
+    with torch.no_grad():
+        out = teacher.eval()(**batch["teacher"], output_hidden_states=True)
+    cls = out.hidden_states[-1][:, 0]
+    kb = KnowledgeBase(
+        torch.nn.functional.normalize(cls, dim=-1),
+        torch.softmax(out.logits, -1),
+        torch.eye(cls.shape[1]),
+    )
+    return {"kb": kb, "neighbours": train_neighbours(kb, k)}
 
 
 def _forward(loss_fn: Any, student: Any, teacher: Any, batch: dict[str, Any], step: int = 0) -> Any:

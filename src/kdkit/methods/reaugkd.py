@@ -1,0 +1,188 @@
+"""ReAugKD: retrieval-augmented knowledge distillation (Zhang et al., "ReAugKD: Retrieval-Augmented
+Knowledge Distillation For Pre-trained Language Models", ACL 2023 short papers, pp. 1128-1136, Section 3).
+
+The student gets a non-parametric memory: a knowledge base (KB) of the teacher's projected embeddings and
+soft labels over the training set (``kdkit.retrieval``; built before training, or given by ``method.kb``).
+
+Training loss for a batch (``kdkit.losses.kd_loss``, ``kdkit.losses.relational_kl``)::
+
+    alpha * CE(s, y) + (1 - alpha) * T^2 * KL(softmax(t / T) || softmax(s / T)) + rel_weight * L_rel
+    L_rel = mean_i KL(P_TT(i) || P_ST(i)),  P_TT(i, j) = softmax_j(sim(z_T_i, z_T_j) / tau),
+                                            P_ST(i, j) = softmax_j(sim(z_S_i, z_T_j) / tau)
+
+over example i's candidates j: its top-``k`` KB neighbours (by teacher-teacher similarity, fixed once the
+KB is built) plus the other examples of the batch, itself excluded and duplicates counted once. z_T are the
+KB keys (the teacher is frozen and in eval mode, so they equal a live teacher pass), z_S the student's
+pooled embedding (CLS of the last layer; ``pooling: mean`` for the masked mean), sim the cosine.
+
+Inference (``kdkit.retrieval.predictor``): the student embedding queries the KB for ``retrieval_k``
+neighbours, whose soft labels are averaged with weights softmax(sim / retrieval_tau), and the prediction is
+``beta * retrieved + (1 - beta) * softmax(student logits)``.
+
+Choices (the short paper does not pin them; all configurable): beta 0.5 (the paper's default), T 2 and
+alpha 0.5 as ``kd``, rel_weight 1, tau 0.1 for both similarity softmaxes, k 16 for both, CLS pooling, soft
+labels at temperature 1, projection head trained 5 epochs (batch 512, Adam 1e-3, supcon temperature 0.07 as
+Khosla et al.). Classification only: supervised-contrastive positives need classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from kdkit.errors import KdkitError
+from kdkit.losses import kd_loss, relational_kl
+from kdkit.methods.base import LossContext, LossOutput, PrepareEnv
+from kdkit.models.pooling import pooled_embedding
+
+needs_teacher = True
+
+
+@dataclass
+class Config:
+    """ReAugKD (Zhang et al., ACL 2023): KD + relational loss over a teacher KB, retrieval at inference."""
+
+    name: str = "reaugkd"  # method name
+    alpha: float = 0.5  # weight of the hard-label loss in the KD term; 1 - alpha goes to the KL term
+    temperature: float = 2.0  # KD softmax temperature T (KL term scaled by T^2)
+    rel_weight: float = 1.0  # weight of the relational loss L_rel
+    tau: float = 0.1  # temperature of the similarity softmaxes P_TT and P_ST
+    k: int = 16  # KB neighbours per example in L_rel's candidate set (the batch is added)
+    beta: float = 0.5  # inference: weight of the retrieved soft labels (1 - beta: the student's)
+    retrieval_k: int = 16  # inference: neighbours retrieved per query
+    retrieval_tau: float = 0.1  # inference: neighbour weights softmax(sim / retrieval_tau)
+    pooling: Literal["cls", "mean"] = "cls"  # embedding of an example: first token, or masked mean
+    label_temperature: float = 1.0  # temperature of the teacher soft labels stored in the KB
+    kb: str | None = None  # a KB dir from `kdkit kb build`; null: build (or reuse) <output_dir>/kb
+    index: Literal["flat", "ivf", "hnsw"] = "flat"  # FAISS index: exact inner product, IVF or HNSW
+    index_nlist: int | None = None  # ivf: lists; null: 4 sqrt(N)
+    index_nprobe: int = 16  # ivf: lists visited per query
+    index_hnsw_m: int = 32  # hnsw: links per node
+    index_ef_search: int = 64  # hnsw: candidates per query
+    supcon_temperature: float = 0.07  # projection head: supervised contrastive temperature
+    head_epochs: int = 5  # projection head: epochs over the cached teacher embeddings
+    head_batch_size: int = 512  # projection head: batch size (bigger batches, more positives)
+    head_lr: float = 1.0e-3  # projection head: Adam learning rate
+    head_seed: int = 42  # projection head: init and batch order (not train.seed: one KB serves many students)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise KdkitError(f"config key 'method.alpha' must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise KdkitError(f"config key 'method.beta' must be in [0, 1], got {self.beta}")
+        for key in (
+            "temperature",
+            "tau",
+            "retrieval_tau",
+            "label_temperature",
+            "supcon_temperature",
+            "head_lr",
+        ):
+            if getattr(self, key) <= 0:
+                raise KdkitError(f"config key 'method.{key}' must be > 0, got {getattr(self, key)}")
+        for key in ("k", "retrieval_k", "head_epochs", "head_batch_size", "index_nprobe", "index_hnsw_m"):
+            if getattr(self, key) < 1:
+                raise KdkitError(f"config key 'method.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.rel_weight < 0:
+            raise KdkitError(f"config key 'method.rel_weight' must be >= 0, got {self.rel_weight}")
+
+
+def check(config: Config, task: str) -> None:
+    if task == "causal_lm":
+        raise KdkitError("method 'reaugkd' is for classifiers; for causal_lm use forward_kl, atkd etc.")
+    if task == "regression":
+        raise KdkitError(
+            "method 'reaugkd' needs classes (supervised-contrastive positives, soft labels); "
+            "for regression use kd or mixkd"
+        )
+
+
+def prepare(config: Config, env: PrepareEnv) -> dict[str, Any]:
+    """Before training: the KB (given, reused or built in the run dir) and each entry's KB neighbours."""
+    from kdkit.retrieval.build import train_neighbours
+    from kdkit.retrieval.resolve import kb_settings, resolve_kb
+
+    dim = env.student.config.hidden_size
+    settings = kb_settings(config, dim, env.config.teacher.max_length)
+    kb = resolve_kb(
+        config.kb,
+        env.output_dir,
+        env.teacher,
+        env.teacher_name,
+        env.train_set,
+        env.collate,
+        env.accelerator,
+        settings,
+        env.label_names,
+        env.config.eval.batch_size,
+    )
+    return {"kb": kb, "neighbours": train_neighbours(kb, config.k)}
+
+
+def candidates(idx: Tensor, neighbours: Tensor) -> tuple[Tensor, Tensor]:
+    """Example i's candidate ids (its KB neighbours, then the batch) and which count: (B, k + B) each.
+
+    The example itself is excluded; a neighbour that is also in the batch counts once (in the batch part).
+    """
+    b = idx.shape[0]
+    nbrs = neighbours[idx]  # (B, k)
+    ids = torch.cat([nbrs, idx.view(1, b).expand(b, b)], dim=1)  # (B, k + B)
+    in_batch = (nbrs.unsqueeze(-1) == idx.view(1, 1, b)).any(-1)  # (B, k)
+    not_self = ~torch.eye(b, dtype=torch.bool, device=idx.device)
+    mask = torch.cat([(nbrs >= 0) & ~in_batch, not_self], dim=1)
+    return ids.clamp(min=0), mask
+
+
+class Loss(nn.Module):
+    needs_hidden_states = False
+
+    def __init__(self, config: Config, ctx: LossContext) -> None:
+        super().__init__()
+        check(config, ctx.task)
+        if "kb" not in ctx.resources:
+            raise KdkitError(
+                "method 'reaugkd' needs its knowledge base: build the loss through kdkit.distill"
+            )
+        self.config = config
+        kb = ctx.resources["kb"]
+        if kb.dim != ctx.student_config.hidden_size:
+            raise KdkitError(
+                f"knowledge base keys have {kb.dim} dims, the student's hidden size is "
+                f"{ctx.student_config.hidden_size}; rebuild the KB for this student"
+            )
+        if kb.soft_labels.shape[1] != ctx.num_labels:
+            raise KdkitError(
+                f"knowledge base has {kb.soft_labels.shape[1]} classes, the task {ctx.num_labels}; rebuild it"
+            )
+        # Plain tensors, not buffers: no gradient, not checkpointed, not broadcast by DDP every step.
+        self.keys: Tensor = kb.keys.detach()  # (N, D)
+        self.neighbours: Tensor = ctx.resources["neighbours"]  # (N, k)
+
+    def student_forward(self, student: nn.Module, batch: dict[str, Any]) -> Any:
+        return student(**batch["student"], output_hidden_states=True)
+
+    def teacher_forward(self, teacher: nn.Module, batch: dict[str, Any]) -> Any:
+        return teacher(**batch["teacher"])
+
+    def forward(self, student_out: Any, teacher_out: Any, batch: dict[str, Any]) -> LossOutput:
+        c = self.config
+        s, t = student_out.logits, teacher_out.logits.detach()
+        labels = batch.get("labels")
+        loss = kd_loss(s, t, labels, temperature=c.temperature, alpha=c.alpha)
+        kd = kd_loss(s, t, None, temperature=c.temperature)
+        device = s.device
+        if self.keys.device != device:
+            self.keys, self.neighbours = self.keys.to(device), self.neighbours.to(device)
+        idx = batch["idx"].to(device)
+        z_s = pooled_embedding(
+            student_out.hidden_states[-1], batch["student"]["attention_mask"], c.pooling
+        )  # (B, D)
+        ids, mask = candidates(idx, self.neighbours)
+        rel = relational_kl(z_s, self.keys[idx], self.keys[ids], mask, c.tau)
+        loss = loss + c.rel_weight * rel
+        distill = kd + c.rel_weight * rel
+        parts = {"kd": kd.detach(), "rel": rel.detach(), "distill": distill.detach(), "loss": loss.detach()}
+        return LossOutput(loss, parts)

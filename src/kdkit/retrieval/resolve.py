@@ -1,0 +1,135 @@
+"""The knowledge base a ReAugKD run uses: given (``method.kb``), already in the run dir, or built now.
+
+Every run's KB ends up in ``<output_dir>/kb`` beside the student, so the run dir alone serves retrieval
+(``kdkit predict``, ``kdkit eval``, ``ReAugPredictor.from_pretrained``). A KB is reused only when its
+provenance (teacher and data fingerprints, settings) matches this run's; a stale one is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from kdkit.errors import KdkitError
+from kdkit.fingerprint import model_fingerprint, split_fingerprint
+from kdkit.retrieval.build import KBSettings, build_kb
+from kdkit.retrieval.index import IndexSpec
+from kdkit.retrieval.kb import KnowledgeBase
+
+KB_DIR = "kb"
+
+
+def kb_settings(method: Any, dim: int, teacher_max_length: int) -> KBSettings:
+    """The KB settings of a ``reaugkd`` method config (defaults for any other method)."""
+    from kdkit.methods.reaugkd import Config as ReAugConfig
+
+    m = method if isinstance(method, ReAugConfig) else ReAugConfig()
+    index = IndexSpec(m.index, m.index_nlist, m.index_nprobe, m.index_hnsw_m, m.index_ef_search)
+    return KBSettings(
+        dim=dim,
+        pooling=m.pooling,
+        label_temperature=m.label_temperature,
+        teacher_max_length=teacher_max_length,
+        supcon_temperature=m.supcon_temperature,
+        head_epochs=m.head_epochs,
+        head_batch_size=m.head_batch_size,
+        head_lr=m.head_lr,
+        seed=m.head_seed,
+        index=index,
+    )
+
+
+def provenance(teacher_name: str, train_split: Any, settings: KBSettings) -> dict[str, Any]:
+    return {
+        "teacher": model_fingerprint(teacher_name),
+        "data": split_fingerprint(train_split.texts, train_split.text_pairs, train_split.labels),
+        "settings": settings.to_dict(),
+    }
+
+
+def resolve_kb(
+    given: str | None,
+    output_dir: Path,
+    teacher: nn.Module,
+    teacher_name: str,
+    train_set: Any,
+    collate: Any,
+    accelerator: Accelerator,
+    settings: KBSettings,
+    label_names: list[str] | None,
+    batch_size: int = 64,
+) -> KnowledgeBase:
+    """Load ``given`` (copied into the run dir) or ``<output_dir>/kb`` if it matches, else build it there."""
+    target = output_dir / KB_DIR
+    prov = provenance(teacher_name, train_set.split, settings)
+    source = Path(given) if given else target
+    if (source / "meta.json").is_file():
+        kb = KnowledgeBase.load(source)
+        kb.check_matches(prov, source)
+        if source.resolve() != target.resolve() and accelerator.is_main_process:
+            kb.save(target)
+        accelerator.print(f"using the knowledge base {source} ({len(kb)} entries)")
+        accelerator.wait_for_everyone()
+        return kb
+    if given:
+        raise KdkitError(
+            f"method.kb: no knowledge base at {given} (meta.json missing); build it with `kdkit kb build`"
+        )
+    teacher.to(accelerator.device)
+    loader = accelerator.prepare_data_loader(
+        torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    )
+    labels = torch.as_tensor(train_set.split.labels)
+    kb = build_kb(teacher, loader, labels, accelerator, settings, prov, label_names)
+    if accelerator.is_main_process:
+        kb.save(target)
+        print(f"knowledge base: {len(kb)} entries written to {target}")
+    accelerator.wait_for_everyone()
+    return kb
+
+
+def build_kb_for_config(
+    config: Any, overrides: list[str] | None = None, output: str | Path | None = None
+) -> tuple[Path, KnowledgeBase]:
+    """`kdkit kb build`: the KB of a config's teacher (fine-tuned first if ``teacher.finetune`` asks) over
+    its training data, with the config's ``reaugkd`` settings (defaults for another method), written to
+    ``output`` (default ``<output_dir>/kb``, where a ReAugKD run with this config picks it up)."""
+    from kdkit.config import load_config
+    from kdkit.data import Collator, DistillDataset, encode, load_task_data
+    from kdkit.models import freeze, load_model_config, load_tokenizer
+    from kdkit.train.run import load_teacher, make_accelerator
+    from kdkit.train.teacher import resolve_teacher
+
+    config = load_config(config, overrides)
+    if config.task != "classification":
+        raise KdkitError(f"a knowledge base needs task: classification (ReAugKD), got '{config.task}'")
+    accelerator = make_accelerator(config)
+    data = load_task_data(config.data, config.task)
+    teacher_name = resolve_teacher(config, accelerator)
+    teacher = freeze(load_teacher(teacher_name, config, data.label_names))
+    tokenizer = load_tokenizer(config.teacher.tokenizer or teacher_name)
+    student_config = load_model_config(config.student.model or teacher_name)
+    dim = (config.student.config_overrides or {}).get("hidden_size", student_config.hidden_size)
+    train = data.split("train")
+    enc = encode(train, tokenizer, config.teacher.max_length)
+    train_set = DistillDataset(train, enc, enc)  # the teacher side is what the KB reads
+    settings = kb_settings(config.method, dim, config.teacher.max_length)
+    target = Path(output) if output else Path(config.output_dir) / KB_DIR
+    prov = provenance(teacher_name, train, settings)
+    teacher.to(accelerator.device)
+    loader = accelerator.prepare_data_loader(
+        torch.utils.data.DataLoader(
+            train_set, batch_size=config.eval.batch_size, collate_fn=Collator(tokenizer.pad_token_id)
+        )
+    )
+    kb = build_kb(
+        teacher, loader, torch.as_tensor(train.labels), accelerator, settings, prov, data.label_names
+    )
+    if accelerator.is_main_process:
+        kb.save(target)
+    accelerator.wait_for_everyone()
+    return target, kb
