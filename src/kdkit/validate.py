@@ -66,6 +66,14 @@ def validate(source: Config | dict[str, Any] | str | Path, overrides: list[str] 
         lines.append("student: cut from the teacher")
     if student_cfg is not None and student.init == "pretrained":
         encoder_depth_check(student_cfg.num_hidden_layers, student.layers, student.num_layers)
+    kb = getattr(config.method, "kb", None)
+    if kb:  # ReAugKD pointed at a knowledge base: it must be one (its provenance is checked at run time)
+        from kdkit.retrieval.kb import KnowledgeBase
+
+        found = KnowledgeBase.load(kb)
+        lines.append(
+            f"knowledge base: {kb} ({len(found)} entries, dim {found.dim}, {found.meta['index']['kind']})"
+        )
     return lines
 
 
@@ -111,6 +119,14 @@ def _validate_lm(config: Config) -> list[str]:
         lines.append("student: cut from the teacher")
     if student_cfg is not None and student.init == "pretrained":
         encoder_depth_check(student_cfg.num_hidden_layers, student.layers, student.num_layers)
+    kb = getattr(config.method, "kb", None)
+    if kb:  # ReAugKD pointed at a knowledge base: it must be one (its provenance is checked at run time)
+        from kdkit.retrieval.kb import KnowledgeBase
+
+        found = KnowledgeBase.load(kb)
+        lines.append(
+            f"knowledge base: {kb} ({len(found)} entries, dim {found.dim}, {found.meta['index']['kind']})"
+        )
     return lines
 
 

@@ -22,6 +22,9 @@ def test_reaugkd_through_the_cli(tiny_teacher: Path, tiny_csv: Path, tmp_path: P
     built = json.loads(proc.stdout.strip().splitlines()[-1])
     assert built["entries"] == 72 and built["dim"] == 32 and Path(built["kb"]) == out / "kb"
 
+    proc = kdkit("validate", "--config", str(cfg), f"method.kb={out / 'kb'}")
+    assert proc.returncode == 0 and "knowledge base: " in proc.stdout and "72 entries" in proc.stdout
+
     proc = kdkit("distill", "--config", str(cfg))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "using the knowledge base" in proc.stdout  # the KB built above, not a new one
