@@ -79,6 +79,24 @@ def resolve_kb(
         raise KdkitError(
             f"method.kb: no knowledge base at {given} (meta.json missing); build it with `kdkit kb build`"
         )
+    return build_and_save(
+        teacher, train_set, collate, accelerator, settings, prov, label_names, target, batch_size
+    )
+
+
+def build_and_save(
+    teacher: nn.Module,
+    train_set: Any,
+    collate: Any,
+    accelerator: Accelerator,
+    settings: KBSettings,
+    prov: dict[str, Any],
+    label_names: list[str] | None,
+    target: Path,
+    batch_size: int,
+) -> KnowledgeBase:
+    """Build the KB of ``train_set`` (a DistillDataset with a teacher side) and write it to ``target``
+    (main process; the teacher pass is split across processes)."""
     teacher.to(accelerator.device)
     loader = accelerator.prepare_data_loader(
         torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=False, collate_fn=collate)
@@ -120,16 +138,16 @@ def build_kb_for_config(
     settings = kb_settings(config.method, dim, config.teacher.max_length)
     target = Path(output) if output else Path(config.output_dir) / KB_DIR
     prov = provenance(teacher_name, train, settings)
-    teacher.to(accelerator.device)
-    loader = accelerator.prepare_data_loader(
-        torch.utils.data.DataLoader(
-            train_set, batch_size=config.eval.batch_size, collate_fn=Collator(tokenizer.pad_token_id)
-        )
+    collate = Collator(tokenizer.pad_token_id)
+    kb = build_and_save(
+        teacher,
+        train_set,
+        collate,
+        accelerator,
+        settings,
+        prov,
+        data.label_names,
+        target,
+        config.eval.batch_size,
     )
-    kb = build_kb(
-        teacher, loader, torch.as_tensor(train.labels), accelerator, settings, prov, data.label_names
-    )
-    if accelerator.is_main_process:
-        kb.save(target)
-    accelerator.wait_for_everyone()
     return target, kb
