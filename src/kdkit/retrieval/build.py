@@ -1,4 +1,4 @@
-"""Building ReAugKD's knowledge base (Zhang et al., ACL 2023, Section 3.1).
+"""Building ReAugKD's knowledge base (Zhang et al., ACL 2023, Section 3).
 
 1. One pass of the frozen teacher over the training set: its pooled embedding (CLS by default) and logits.
 2. A linear projection head (no bias) from the teacher's width to the student's, trained with the supervised

@@ -1,4 +1,4 @@
-"""ReAugKD inference (Zhang et al., ACL 2023, Section 3.2): the student embedding queries the knowledge
+"""ReAugKD inference (Zhang et al., ACL 2023, Section 3): the student embedding queries the knowledge
 base, the neighbours' teacher soft labels are averaged with weights softmax(sim / tau), and the prediction
 is ``beta * retrieved + (1 - beta) * softmax(student logits)``.
 
