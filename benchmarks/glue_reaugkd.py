@@ -24,18 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import mean_sd, run_once
+
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"sst2": ["accuracy"], "mrpc": ["f1", "accuracy"]}
 
 
 def _config(task: str, method: str) -> Path:
     return ROOT / "configs" / f"{task}_minilm2l_from_minilm6_{method}.yaml"
-
-
-def _run(fn: Any, config: Path, overrides: list[str], out: Path, **kwargs: Any) -> dict:
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
-    return fn(config, [*overrides, f"output_dir={out}"], resume=True, **kwargs).metrics
 
 
 def _kb(config: Path, overrides: list[str], out: Path) -> tuple[Path, float]:
@@ -46,11 +42,6 @@ def _kb(config: Path, overrides: list[str], out: Path) -> tuple[Path, float]:
     t0 = time.perf_counter()
     build_kb_for_config(config, overrides, out)
     return out, time.perf_counter() - t0
-
-
-def _fmt(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 
 def _latency(
@@ -109,7 +100,7 @@ def main() -> None:
         t_over = [*base, "teacher.finetune.save_every=500"]
         if args.teacher_samples:
             t_over.append(f"data.max_train_samples={args.teacher_samples}")
-        teacher = _run(finetune, _config(task, "kd"), t_over, teacher_dir, which="teacher")
+        teacher = run_once(finetune, _config(task, "kd"), t_over, teacher_dir, which="teacher")
         common = [*base, f"teacher.model={teacher_dir}", "teacher.finetune=null"]
         if args.max_train_samples:
             common.append(f"data.max_train_samples={args.max_train_samples}")
@@ -120,9 +111,9 @@ def main() -> None:
         rows: dict[str, list[dict]] = {"KD": [], "ReAugKD": []}
         for seed in args.seeds:
             seeded = [*common, f"train.seed={seed}"]  # one training subset for all seeds: one KB
-            rows["KD"].append(_run(distill, _config(task, "kd"), seeded, out / f"{task}-kd-{seed}"))
+            rows["KD"].append(run_once(distill, _config(task, "kd"), seeded, out / f"{task}-kd-{seed}"))
             rows["ReAugKD"].append(
-                _run(
+                run_once(
                     distill,
                     _config(task, "reaugkd"),
                     [*seeded, f"method.kb={kb_dir}"],
@@ -140,8 +131,8 @@ def main() -> None:
             retr = [r["retrieval"]["validation"][metric] for r in rows["ReAugKD"]]
             gain = 100 * (statistics.mean(retr) - statistics.mean(kd))
             lines.append(
-                f"| {task.upper()} {metric} | {100 * teacher['validation'][metric]:.2f} | {_fmt(kd)} | "
-                f"{_fmt(alone)} | {_fmt(retr)} | {gain:+.2f} |"
+                f"| {task.upper()} {metric} | {100 * teacher['validation'][metric]:.2f} | {mean_sd(kd)} | "
+                f"{mean_sd(alone)} | {mean_sd(retr)} | {gain:+.2f} |"
             )
     train_note = (
         f"{args.max_train_samples:,} training examples" if args.max_train_samples else "full train sets"

@@ -18,15 +18,11 @@ import statistics
 import sys
 from pathlib import Path
 
+from common import mean_sd, run_once
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "sst2_minilm2l_from_minilm6_kd.yaml"
 METHODS = {"no KD": None, "KD": "{name: kd, alpha: 0.5, temperature: 2.0}", "MixKD": "{name: mixkd}"}
-
-
-def _run(fn: object, overrides: list[str], out: Path, **kwargs: object) -> dict:
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
-    return fn(CONFIG, [*overrides, f"output_dir={out}"], resume=True, **kwargs).metrics  # type: ignore[operator]
 
 
 def main() -> None:
@@ -60,7 +56,7 @@ def main() -> None:
     if args.teacher_samples:
         teacher_overrides.append(f"data.max_train_samples={args.teacher_samples}")
     teacher_dir = Path(args.teacher_dir)
-    teacher = _run(finetune, teacher_overrides, teacher_dir, which="teacher")
+    teacher = run_once(finetune, CONFIG, teacher_overrides, teacher_dir, which="teacher")
     print(f"teacher dev accuracy {teacher['validation']['accuracy']:.4f}")
     student = [
         *base,
@@ -80,15 +76,11 @@ def main() -> None:
             for label, method in METHODS.items():
                 run_dir = out / f"{label.replace(' ', '').lower()}-{size}-{seed}"
                 if method is None:
-                    metrics = _run(finetune, common, run_dir, which="student")
+                    metrics = run_once(finetune, CONFIG, common, run_dir, which="student")
                 else:
-                    metrics = _run(distill, [*common, f"method={method}"], run_dir)
+                    metrics = run_once(distill, CONFIG, [*common, f"method={method}"], run_dir)
                 acc.setdefault(str(size), {}).setdefault(label, []).append(metrics["validation"]["accuracy"])
                 print(f"n={size} seed={seed} {label}: {metrics['validation']['accuracy']:.4f}")
-
-    def fmt(values: list[float]) -> str:
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
     lines = [
         f"SST-2 dev accuracy (%), 872 sentences; seeds {args.seeds}; students {args.epochs:g} epochs on their "
@@ -100,7 +92,7 @@ def main() -> None:
     for size, row in acc.items():
         gain = 100 * (statistics.mean(row["MixKD"]) - statistics.mean(row["KD"]))
         lines.append(
-            f"| {int(size):,} | {fmt(row['no KD'])} | {fmt(row['KD'])} | {fmt(row['MixKD'])} | {gain:+.2f} |"
+            f"| {int(size):,} | {mean_sd(row['no KD'])} | {mean_sd(row['KD'])} | {mean_sd(row['MixKD'])} | {gain:+.2f} |"
         )
     table = "\n".join(lines)
     print(table)
