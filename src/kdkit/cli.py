@@ -1,4 +1,4 @@
-"""The `kdkit` command: distill, finetune, eval, predict, kb build, validate, ls, demo.
+"""The `kdkit` command: distill, finetune, eval, predict, cache, kb build, validate, ls, demo.
 
 Errors in the input (config, paths, columns, labels) print one line ``error: ...`` and exit with 2;
 ``--debug`` shows the traceback instead.
@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-retrieval", action="store_true", help="ReAugKD runs: the student alone")
     p.add_argument("--beta", type=float, default=None, help="ReAugKD: weight of the retrieved labels")
     p.add_argument("--k", type=int, default=None, help="ReAugKD: neighbours retrieved per text")
+    p = sub.add_parser(
+        "cache", help="run the teacher once over the training set and store its outputs (cache.dir)"
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--output", default=None, help="cache dir (default: cache.dir of the config)")
     p = sub.add_parser("kb", help="ReAugKD knowledge bases: `kdkit kb build --config FILE`")
     kb_sub = p.add_subparsers(dest="kb_command", required=True)
     p = kb_sub.add_parser("build", help="build the KB of a config's teacher over its training data")
@@ -135,6 +141,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"{len(rows)} predictions written to {args.output}")
     else:
         print("\n".join(lines))
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from kdkit.teacher.build import build_cache_for_config
+
+    path, meta = build_cache_for_config(args.config, args.overrides, args.output)
+    prov = meta["provenance"]
+    summary = {
+        "cache": str(path),
+        "kind": meta["kind"],
+        "examples": meta["num_examples"],
+        "shards": len(meta["shards"]),
+    }
+    if meta["kind"] == "topk":
+        summary.update(top_k=prov["top_k"], dtype=prov["dtype"], temperature=prov["temperature"])
+    print(json.dumps(summary))
     return 0
 
 
@@ -197,6 +220,7 @@ COMMANDS = {
     "finetune": _cmd_run,
     "eval": _cmd_eval,
     "predict": _cmd_predict,
+    "cache": _cmd_cache,
     "kb": _cmd_kb,
     "validate": _cmd_validate,
     "ls": _cmd_ls,

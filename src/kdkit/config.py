@@ -186,6 +186,24 @@ class GenerationConfig:
 
 
 @dataclass
+class CacheConfig:
+    """Teacher outputs computed once by `kdkit cache` and read in training instead of running the teacher."""
+
+    dir: str | None = None  # written by `kdkit cache`, read by distill (teacher not loaded); null: live
+
+    top_k: int = 64  # causal_lm: teacher log-probabilities kept per token (the rest is one known tail mass)
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # causal_lm: storage of the log-probs
+    tail: Literal["student", "uniform"] = "student"  # causal_lm: how losses spread the dropped mass
+    shard_size: int = 1024  # examples per shard file (the unit of resume and of work split across processes)
+    batch_size: int = 16  # examples per teacher forward pass while building
+
+    def __post_init__(self) -> None:
+        _check_positive("cache.top_k", self.top_k)
+        _check_positive("cache.shard_size", self.shard_size)
+        _check_positive("cache.batch_size", self.batch_size)
+
+
+@dataclass
 class Config:
     """One run: a task, a teacher, a student, data, a distillation method, training and evaluation."""
 
@@ -198,6 +216,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation and checkpoints
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # causal_lm: training responses
+    cache: CacheConfig = field(default_factory=CacheConfig)  # teacher output cache (`kdkit cache`)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -13,6 +13,7 @@ import typing
 from typing import Any
 
 from kdkit.config import (
+    CacheConfig,
     Config,
     DataConfig,
     EvalConfig,
@@ -33,6 +34,7 @@ SECTIONS: list[tuple[str, type]] = [
     ("data.split", SplitConfig),
     ("eval", EvalConfig),
     ("generation", GenerationConfig),
+    ("cache", CacheConfig),
 ]
 
 

@@ -34,3 +34,28 @@ def split_fingerprint(texts: list[str], text_pairs: list[str] | None, labels: An
     h = hashlib.sha256()
     h.update(json.dumps([texts, text_pairs, [float(v) for v in labels]]).encode())
     return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 over what turns text into ids: the tokenizer class, vocabulary, special tokens and (fast
+    tokenizers) the pipeline (normalizer, pre-tokenizer, model, post-processor)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pipeline = None
+    if backend is not None:
+        pipeline = json.loads(backend.to_str())
+        pipeline.pop("truncation", None)  # call-time settings, not part of how text becomes ids
+        pipeline.pop("padding", None)
+    payload = [type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens]
+    h = hashlib.sha256(json.dumps(payload).encode())
+    h.update(json.dumps(pipeline, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def ids_fingerprint(*columns: Any) -> str:
+    """sha256 over token-id columns (lists of lists of ints, or None), in order: ties an artifact to the
+    exact inputs a model saw (data, tokenizer, templates and max length at once)."""
+    h = hashlib.sha256()
+    for column in columns:
+        h.update(json.dumps(column).encode())
+        h.update(b"|")
+    return h.hexdigest()

@@ -66,15 +66,7 @@ def validate(source: Config | dict[str, Any] | str | Path, overrides: list[str] 
         lines.append("student: cut from the teacher")
     if student_cfg is not None and student.init == "pretrained":
         encoder_depth_check(student_cfg.num_hidden_layers, student.layers, student.num_layers)
-    kb = getattr(config.method, "kb", None)
-    if kb:  # ReAugKD pointed at a knowledge base: it must be one (its provenance is checked at run time)
-        from kdkit.retrieval.kb import KnowledgeBase
-
-        found = KnowledgeBase.load(kb)
-        lines.append(
-            f"knowledge base: {kb} ({len(found)} entries, dim {found.dim}, {found.meta['index']['kind']})"
-        )
-    return lines
+    return lines + _artifact_lines(config)
 
 
 def _lm_model_line(role: str, name: str) -> tuple[str, Any | None]:
@@ -119,14 +111,38 @@ def _validate_lm(config: Config) -> list[str]:
         lines.append("student: cut from the teacher")
     if student_cfg is not None and student.init == "pretrained":
         encoder_depth_check(student_cfg.num_hidden_layers, student.layers, student.num_layers)
+    return lines + _artifact_lines(config)
+
+
+def _artifact_lines(config: Config) -> list[str]:
+    """What the run will read ahead of training: a ReAugKD knowledge base, a teacher cache. Each must be
+    sound (version, checksums); whether it matches this run's teacher and data is checked at run time."""
+    lines = []
     kb = getattr(config.method, "kb", None)
-    if kb:  # ReAugKD pointed at a knowledge base: it must be one (its provenance is checked at run time)
+    if kb:
         from kdkit.retrieval.kb import KnowledgeBase
 
         found = KnowledgeBase.load(kb)
         lines.append(
             f"knowledge base: {kb} ({len(found)} entries, dim {found.dim}, {found.meta['index']['kind']})"
         )
+    if config.cache.dir:
+        from kdkit.teacher.cache import META, TeacherCache
+
+        if not (Path(config.cache.dir) / META).is_file():
+            lines.append(
+                f"warning: cache.dir {config.cache.dir} holds no complete teacher cache yet; build it with "
+                "`kdkit cache --config FILE` before `kdkit distill`"
+            )
+        else:
+            cache = TeacherCache.load(config.cache.dir)
+            prov = cache.meta["provenance"]
+            what = (
+                f"top-{prov['top_k']} {prov['dtype']}, T={prov['temperature']}"
+                if prov["kind"] == "topk"
+                else "logits"
+            )
+            lines.append(f"teacher cache: {config.cache.dir} ({len(cache)} examples, {what})")
     return lines
 
 

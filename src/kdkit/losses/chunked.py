@@ -133,14 +133,15 @@ class _Head:
 def _run_chunks(
     fn: Callable[..., tuple[Tensor, ...]],
     student: _Head,
-    teacher: _Head,
     extras: list[Tensor],
     chunk_size: int,
 ) -> list[Tensor]:
-    """Sum ``fn(s_rows, s_weight, s_bias, t_rows, t_weight, t_bias, *extra_rows)`` over row chunks.
+    """Sum ``fn(s_rows, s_weight, s_bias, *extra_rows)`` over row chunks.
 
-    ``fn`` returns a tuple of scalars; ``extras`` are (n, ...) per-token tensors sliced like the rows. With
-    no counted row, one empty chunk still runs so the sums are 0s connected to the student's graph.
+    ``fn`` returns a tuple of scalars; ``extras`` are (n, ...) per-token tensors sliced like the rows (the
+    teacher's hidden states, targets, ...); what is the same for every chunk (the teacher's LM head) is
+    closed over by ``fn``. With no counted row, one empty chunk still runs so the sums are 0s connected to
+    the student's graph.
     """
     n = student.rows.shape[0]
     recompute = torch.is_grad_enabled() and any(
@@ -149,15 +150,7 @@ def _run_chunks(
     totals: list[Tensor] | None = None
     for start in range(0, max(n, 1), chunk_size):
         part = slice(start, start + chunk_size)
-        args = (
-            student.rows[part],
-            student.weight,
-            student.bias,
-            teacher.rows[part],
-            teacher.weight,
-            teacher.bias,
-            *(x[part] for x in extras),
-        )
+        args = (student.rows[part], student.weight, student.bias, *(x[part] for x in extras))
         # Non-reentrant checkpoint keeps only these inputs (views of already-held tensors) and recomputes
         # fn's (c, V) intermediates in backward; no RNG is involved, so its state is not saved.
         sums = (
@@ -236,18 +229,16 @@ def chunked_token_loss(
     student = _Head(student_hidden, student_weight, student_bias, index, vocab)
     teacher = _Head(teacher_hidden.detach(), teacher_weight.detach(), _detach(teacher_bias), index, vocab)
 
-    def chunk(
-        hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor, bt: Tensor | None, *y: Tensor
-    ) -> tuple[Tensor, ...]:
+    def chunk(hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, *y: Tensor) -> tuple[Tensor, ...]:
         s_logits = _chunk_logits(hs, ws, bs)  # (c, V)
         with torch.no_grad():
-            t_logits = _chunk_logits(ht, wt, bt)  # (c, V)
+            t_logits = _chunk_logits(ht, teacher.weight, teacher.bias)  # (c, V)
         div = token_divergence(divergence, s_logits, t_logits, temperature=temperature, **divergence_kwargs)
         if not y:
             return (div.sum(),)
         return div.sum(), F.cross_entropy(s_logits, y[0], reduction="sum")  # sum: 0 (not NaN) when empty
 
-    sums = _run_chunks(chunk, student, teacher, [] if ids is None else [ids], chunk_size)
+    sums = _run_chunks(chunk, student, [teacher.rows] + ([] if ids is None else [ids]), chunk_size)
     count = max(student.rows.shape[0], 1)
     return sums[0] / count, (sums[1] / count if ids is not None else None)
 
@@ -315,19 +306,18 @@ def chunked_atkd_loss(
     hard, n_hard = _hard_split(unc, lead, index, scope, hard_ratio)  # (n,) bool
 
     def chunk(
-        hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor, bt: Tensor | None, *y: Tensor
+        hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, g: Tensor, is_hard: Tensor
     ) -> tuple[Tensor, ...]:
-        g, is_hard = y
         s_logits = _chunk_logits(hs, ws, bs)  # (c, V)
         with torch.no_grad():
-            t_logits = _chunk_logits(ht, wt, bt)  # (c, V)
+            t_logits = _chunk_logits(ht, teacher.weight, teacher.bias)  # (c, V)
         tkd, dkd, _ = _decoupled_tokens(s_logits, t_logits, g, temperature, reverse)  # each (c,)
         # masked_fill as in atkd_loss: keeps each sum connected to the graph when its group is empty here.
         easy_sum = dkd.masked_fill(is_hard, 0.0).sum()
         hard_sum = (tkd + dkd).masked_fill(~is_hard, 0.0).sum()
         return easy_sum, hard_sum, F.cross_entropy(s_logits, g, reduction="sum")
 
-    easy_sum, hard_sum, ce_sum = _run_chunks(chunk, student, teacher, [ids, hard], chunk_size)
+    easy_sum, hard_sum, ce_sum = _run_chunks(chunk, student, [teacher.rows, ids, hard], chunk_size)
     n = ids.shape[0]
     loss = easy_weight * (easy_sum / max(n - n_hard, 1)) + (1.0 - easy_weight) * (hard_sum / max(n_hard, 1))
     return loss, ce_sum / max(n, 1)

@@ -49,7 +49,7 @@ class PrepareEnv:
     ReAugKD builds its knowledge base with the teacher over the training set)."""
 
     config: Any  # the run's kdkit Config
-    teacher: nn.Module
+    teacher: nn.Module | None  # None when training from a teacher cache (cache.dir)
     teacher_name: str  # name or dir the teacher was loaded from (for fingerprints)
     student: nn.Module
     train_set: Any  # DistillDataset of the training split (teacher side included)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from kdkit.errors import KdkitError
 from kdkit.losses.chunked import chunked_atkd_loss, chunked_token_loss
+from kdkit.losses.topk import TopKTeacher, topk_atkd_loss, topk_token_loss
 from kdkit.methods.base import LossContext, LossOutput
 
 IGNORE = -100
@@ -36,6 +37,7 @@ class LMOutputs:
     weight: Tensor | None  # (V, D) LM head
     bias: Tensor | None  # (V,) or None
     logits: Tensor | None = None  # (B, T, V) when the model cannot be chunked
+    topk: TopKTeacher | None = None  # teacher read from a cache (`kdkit cache`): top-k of counted tokens
 
 
 def chunkable(model: nn.Module) -> bool:
@@ -148,6 +150,26 @@ class LMLoss(nn.Module):
             "chunk_size": self.config.chunk_size,
         }
 
+    def _topk_args(self, s: LMOutputs, t: LMOutputs) -> dict[str, Any]:
+        """The student side for the cached-teacher losses: hidden states + head, or full logits."""
+        assert t.topk is not None
+        if s.hidden is not None:
+            student = {"student_hidden": s.hidden[:, :-1], "student_weight": s.weight, "student_bias": s.bias}
+        else:
+            student = {"student_hidden": _logits(s)[:, :-1], "student_weight": None}
+        return {
+            **student,
+            "teacher": t.topk,
+            "vocab_size": self._vocab_cached(s),
+            "tail": t.topk.tail,
+            "chunk_size": self.config.chunk_size or 1 << 30,  # 0: all counted tokens at once
+        }
+
+    def _vocab_cached(self, s: LMOutputs) -> int:
+        if self.vocab_size is not None:
+            return self.vocab_size
+        return s.weight.shape[0] if s.weight is not None else s.logits.shape[-1]
+
     def _both_chunked(self, s: LMOutputs, t: LMOutputs) -> bool:
         return s.hidden is not None and t.hidden is not None
 
@@ -179,6 +201,15 @@ class DivergenceLoss(LMLoss):
     ) -> tuple[Tensor, Tensor | None]:
         c = self.config
         kwargs = self.divergence_kwargs()
+        if t.topk is not None:
+            return topk_token_loss(
+                **self._topk_args(s, t),
+                mask=mask,
+                divergence=self.divergence,
+                temperature=c.temperature,
+                targets=targets if c.ce_weight > 0 else None,
+                **kwargs,
+            )
         if self._both_chunked(s, t):
             return chunked_token_loss(
                 **self._chunked_args(s, t),
@@ -210,6 +241,8 @@ class ATKDLoss(LMLoss):
             "temperature": c.temperature,
             "scope": c.scope,
         }
+        if t.topk is not None:
+            return topk_atkd_loss(**self._topk_args(s, t), targets=targets, mask=mask, **kwargs)
         if self._both_chunked(s, t):
             return chunked_atkd_loss(**self._chunked_args(s, t), targets=targets, mask=mask, **kwargs)
         from kdkit.losses.atkd import atkd_loss

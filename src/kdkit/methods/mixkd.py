@@ -98,6 +98,7 @@ def mixed_forward(model: nn.Module, inputs: dict[str, Tensor], lam: Tensor, perm
 
 class Loss(nn.Module):
     needs_hidden_states = False
+    needs_live_teacher = True  # the teacher sees the mixed embeddings: its outputs cannot be cached
 
     def __init__(self, config: Config, ctx: LossContext) -> None:
         super().__init__()

@@ -123,13 +123,13 @@ def check_lm_pair(
     student_tok: PreTrainedTokenizerBase,
     teacher_tok: PreTrainedTokenizerBase,
     student: PreTrainedModel,
-    teacher: PreTrainedModel,
+    teacher: PreTrainedModel | None,
 ) -> int:
     """The shared real vocabulary size V = ``len(teacher_tok)``; raises when the pair cannot be distilled.
 
     Both tokenizers must be the same (same ids for any text). Embedding matrices are often padded to a
     multiple of 64/128 rows, differently in student and teacher, so the losses compare ``logits[..., :V]``;
-    V must fit in both models' output rows.
+    V must fit in both models' output rows (the student's only when ``teacher`` is None: a teacher cache).
     """
     if not same_tokenizer(student_tok, teacher_tok):
         raise KdkitError(
@@ -138,6 +138,8 @@ def check_lm_pair(
         )
     vocab = len(teacher_tok)
     for role, model in (("student", student), ("teacher", teacher)):
+        if model is None:
+            continue
         rows = output_rows(model)
         if vocab > rows:
             raise KdkitError(

@@ -54,7 +54,7 @@ def provenance(teacher_name: str, train_split: Any, settings: KBSettings) -> dic
 def resolve_kb(
     given: str | None,
     output_dir: Path,
-    teacher: nn.Module,
+    teacher: nn.Module | None,
     teacher_name: str,
     train_set: Any,
     collate: Any,
@@ -78,6 +78,11 @@ def resolve_kb(
     if given:
         raise KdkitError(
             f"method.kb: no knowledge base at {given} (meta.json missing); build it with `kdkit kb build`"
+        )
+    if teacher is None:  # training from a teacher cache: the teacher is not loaded
+        raise KdkitError(
+            "ReAugKD with cache.dir needs a built knowledge base: run `kdkit kb build --config FILE` and set "
+            "method.kb to it"
         )
     return build_and_save(
         teacher, train_set, collate, accelerator, settings, prov, label_names, target, batch_size

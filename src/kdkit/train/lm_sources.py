@@ -47,7 +47,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def teacher_generations(
-    teacher: nn.Module,
+    teacher: nn.Module | None,
     tokenizer: Any,
     split: LMSplit,
     gen: GenerationConfig,
@@ -59,6 +59,11 @@ def teacher_generations(
 ) -> LMSplit:
     """``split`` with its responses replaced by the teacher's (generated once, cached in ``out_dir``)."""
     final = out_dir / GENERATIONS
+    if teacher is None and not final.is_file():  # training from a teacher cache built without them
+        raise KdkitError(
+            f"generation.source is teacher but the teacher cache {out_dir} has no {GENERATIONS}; rebuild the "
+            "cache with this config (`kdkit cache`)"
+        )
     if accelerator.is_main_process and not final.is_file():
         _generate_all(teacher, tokenizer, split, gen, max_length, chat_template, out_dir)
     accelerator.wait_for_everyone()

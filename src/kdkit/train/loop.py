@@ -1,6 +1,6 @@
 """The training loop: one function, top to bottom, on Accelerate.
 
-teacher forward (no grad, eval mode) -> student forward -> method loss -> backward (accumulated)
+teacher forward (no grad, eval mode; or read from the teacher cache) -> student forward -> method loss -> backward (accumulated)
 -> clip -> optimizer/scheduler step -> log -> eval -> checkpoint. The same loop fine-tunes (no teacher,
 ``TaskLoss``) and distills (a registered method's ``Loss``).
 
@@ -92,6 +92,7 @@ class LoopInputs:
     save_student: Any  # callable(student, dir) that writes a loadable model dir
     # callable(batch, step, micro) -> batch, run before the forward passes (e.g. on-policy generations)
     prepare_batch: Any = None
+    teacher_cache: Any = None  # kdkit.teacher.cache.TeacherCache: teacher outputs read, not computed
 
 
 def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -116,7 +117,7 @@ def _batches(
 
 def _accumulate(
     trainee: nn.Module,
-    teacher: nn.Module | None,
+    teach: Any,
     stream: Iterator[Any],
     loss_fn: nn.Module,
     accelerator: Accelerator,
@@ -132,10 +133,7 @@ def _accumulate(
             batch = prepare_batch(batch, state.step, micro)
         if hasattr(loss_fn, "prepare_batch"):  # the method's own per-batch draws (e.g. MixKD's pairs)
             batch = loss_fn.prepare_batch(batch, state.step, micro)
-        teacher_out = None
-        if teacher is not None:
-            with torch.no_grad(), accelerator.autocast():
-                teacher_out = teacher_outputs(loss_fn, teacher, batch)
+        teacher_out = teach(batch)
         # only the last micro-batch all-reduces gradients across processes
         sync = accelerator.no_sync(trainee) if micro < grad_accum - 1 else contextlib.nullcontext()
         with sync, accelerator.autocast():
@@ -192,6 +190,15 @@ def train_loop(
     scheduler = get_scheduler(scheduler_name, optimizer, int(cfg.warmup_ratio * total), total)
     teacher = inputs.teacher.to(accelerator.device) if inputs.teacher is not None else None
 
+    def teach(batch: dict[str, Any]) -> Any:
+        """The teacher's outputs for a batch: read from the cache, computed live, or None (fine-tuning)."""
+        if inputs.teacher_cache is not None:
+            return inputs.teacher_cache.outputs(batch, accelerator.device)
+        if teacher is None:
+            return None
+        with torch.no_grad(), accelerator.autocast():
+            return teacher_outputs(inputs.loss_fn, teacher, batch)
+
     state = TrainerState()
     checkpoints = list_checkpoints(out)
     if resume and checkpoints:
@@ -211,7 +218,7 @@ def train_loop(
     trainee.train()
     while state.step < total:
         parts_sum = _accumulate(
-            trainee, teacher, stream, inputs.loss_fn, accelerator, cfg.grad_accum, state, inputs.prepare_batch
+            trainee, teach, stream, inputs.loss_fn, accelerator, cfg.grad_accum, state, inputs.prepare_batch
         )
         if not all(math.isfinite(v) for v in parts_sum.values()):
             raise KdkitError(

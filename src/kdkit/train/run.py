@@ -32,7 +32,14 @@ from kdkit.eval.predict import predict_logits, to_predictions
 from kdkit.io import atomic_dir, atomic_write_json, atomic_write_text
 from kdkit.methods import METHODS
 from kdkit.methods.base import LossContext, PrepareEnv, TaskLoss
-from kdkit.models import build_student, count_parameters, freeze, has_trained_head, load_tokenizer
+from kdkit.models import (
+    build_student,
+    count_parameters,
+    freeze,
+    has_trained_head,
+    load_model_config,
+    load_tokenizer,
+)
 from kdkit.train.loop import LoopInputs, train_loop
 from kdkit.train.teacher import resolve_teacher
 
@@ -152,12 +159,13 @@ def run(
     student, student_layers = build_student(model_cfg, teacher_name, task, label_names)
     student_tok = load_tokenizer(model_cfg.tokenizer or model_cfg.model or teacher_name)
 
-    teacher, teacher_tok = None, None
+    teacher, teacher_tok, cached = None, None, kind == "distill" and config.cache.dir is not None
     if kind == "distill":
         teacher_tok = load_tokenizer(config.teacher.tokenizer or teacher_name)
-        teacher = freeze(load_teacher(teacher_name, config, label_names))
-    augmented, resources = 0, {}
-    if kind == "distill":
+        if not cached:  # with a teacher cache the teacher's weights are never loaded
+            teacher = freeze(load_teacher(teacher_name, config, label_names))
+    augmented, resources, cache = 0, {}, None
+    if kind == "distill" and not cached:
         data, augmented = _augment(data, config, teacher, teacher_tok, accelerator)
     splits = ["train", *[s for s in ("validation", *config.eval.splits) if data.has(s)]]
     sets, shared, truncated = _datasets(
@@ -181,7 +189,7 @@ def run(
         ctx = LossContext(
             task,
             data.num_labels,
-            teacher.config,
+            teacher.config if teacher is not None else load_model_config(teacher_name),
             student.config,
             student_layers,
             shared,
@@ -189,6 +197,8 @@ def run(
             resources=resources,
         )
         loss_fn: nn.Module = method.Loss(config.method, ctx)
+        if cached:
+            cache = _open_cache(config, loss_fn, teacher_name, teacher_tok, sets["train"], data.num_labels)
     else:
         loss_fn = TaskLoss(task)
 
@@ -208,8 +218,9 @@ def run(
         save_model(accelerator.unwrap_model(model), student_tok, path)
 
     inputs = LoopInputs(
-        out, student, loss_fn, teacher, sets["train"], collate, evaluate, best_metric, save_student
-    )
+        out, student, loss_fn, teacher, sets["train"], collate, evaluate, best_metric, save_student,
+        teacher_cache=cache,
+    )  # fmt: skip
     state, finished = train_loop(inputs, train_cfg, accelerator, resume=resume, stop_after=stop_after)
     if not finished:
         return RunResult(out, {"stopped_at_step": state.step})
@@ -326,6 +337,21 @@ def _augment(
         "MixKD augmentation: %d teacher-labelled texts added to %d training examples", len(texts), len(train)
     )
     return replace(data, train=concat(train, extra)), len(texts)
+
+
+def _open_cache(
+    config: Config, loss_fn: nn.Module, teacher_name: str, teacher_tok: Any, train_set: Any, num_labels: int
+) -> Any:
+    """The run's teacher cache (cache.dir), checked against this teacher, tokenizer and training set."""
+    from kdkit.teacher.build import check_cacheable, classifier_provenance, open_cache
+
+    check_cacheable(config, loss_fn)
+    cache = open_cache(config, classifier_provenance(teacher_name, teacher_tok, train_set.teacher))
+    if cache.meta.get("num_labels") != num_labels:
+        raise KdkitError(
+            f"teacher cache {cache.root} holds {cache.meta.get('num_labels')} classes, the task has {num_labels}"
+        )
+    return cache
 
 
 def load_teacher(name: str, config: Config, label_names: list[str] | None) -> PreTrainedModel:

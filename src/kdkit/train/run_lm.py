@@ -30,8 +30,10 @@ from kdkit.models import (
     count_parameters,
     freeze,
     load_causal_lm,
+    load_model_config,
     load_tokenizer,
 )
+from kdkit.teacher.build import check_cacheable, lm_provenance, open_cache
 from kdkit.train.lm_sources import OnPolicy, teacher_generations
 from kdkit.train.loop import LoopInputs, train_loop
 
@@ -84,15 +86,19 @@ def run_lm(
     tokenizer = lm_tokenizer(load_tokenizer(model_cfg.tokenizer or model_cfg.model or teacher_name))
     max_length = model_cfg.max_length
 
-    teacher, vocab = None, len(tokenizer)
+    teacher, vocab, cached = None, len(tokenizer), kind == "distill" and config.cache.dir is not None
     if kind == "distill":
         if not teacher_name:
             raise KdkitError(
                 "distill needs teacher.model; for training without a teacher use `kdkit finetune`"
             )
-        teacher = freeze(load_causal_lm(teacher_name)).to(accelerator.device)
         teacher_tok = lm_tokenizer(load_tokenizer(config.teacher.tokenizer or teacher_name))
-        vocab = check_lm_pair(tokenizer, teacher_tok, student, teacher)
+        if cached:  # the teacher's weights are never loaded; its tokenizer is checked like a live one's
+            check_cacheable(config)
+            vocab = check_lm_pair(tokenizer, teacher_tok, student, None)
+        else:
+            teacher = freeze(load_causal_lm(teacher_name)).to(accelerator.device)
+            vocab = check_lm_pair(tokenizer, teacher_tok, student, teacher)
 
     train_split = data.split("train")
     if kind == "distill" and config.generation.source == "teacher":
@@ -103,16 +109,20 @@ def run_lm(
             config.generation,
             max_length=max_length,
             chat_template=config.data.chat_template,
-            out_dir=out,
+            out_dir=Path(config.cache.dir) if cached else out,  # a cache keeps the responses it covers
             accelerator=accelerator,
         )
     train_enc = encode_lm(train_split, tokenizer, max_length, config.data.chat_template)
     collate = LMCollator(tokenizer.pad_token_id)
 
+    cache = None
     if kind == "distill":
         method = METHODS.get(config.method.name)
-        ctx = LossContext("causal_lm", 0, teacher.config, student.config, student_layers, True, vocab)
+        teacher_config = teacher.config if teacher is not None else load_model_config(teacher_name)
+        ctx = LossContext("causal_lm", 0, teacher_config, student.config, student_layers, True, vocab)
         loss_fn: nn.Module = method.Loss(config.method, ctx)
+        if cached:
+            cache = open_cache(config, lm_provenance(config, teacher_name, teacher_tok, train_enc))
     else:
         loss_fn = LMTaskLoss(vocab)
 
@@ -145,6 +155,7 @@ def run_lm(
         best_metric,
         save_student,
         prepare,
+        teacher_cache=cache,
     )
     state, finished = train_loop(inputs, train_cfg, accelerator, resume=resume, stop_after=stop_after)
     if not finished:

@@ -1,0 +1,271 @@
+"""Token losses against a cached top-k teacher: the divergences and ATKD when only the teacher's k most
+likely tokens per position were kept (``kdkit cache``), computed in chunks like ``kdkit.losses.chunked``.
+
+What the cache keeps per counted token (``TopKTeacher``): the ids of the teacher's top-k tokens and their
+log-probabilities ``log p_i = z_i / T - logsumexp(z / T)`` (the logits minus the log-normaliser, so the
+dropped tail mass is known: ``1 - sum_i p_i``), plus the exact log-probability of the target token.
+
+How the tail is treated (``tail``): the teacher's distribution is rebuilt over the full vocabulary, exact
+on the top-k tokens and on the target, with the remaining mass ``m = 1 - sum(known)`` spread over the
+other tokens
+
+- ``"student"`` (default): in proportion to the student's own (detached) probabilities, ``p_j = m q_j /
+  q(tail)``. Then ``p_j / q_j`` is the same on every tail token, so for any f-divergence (forward and
+  reverse KL, JSD, skew KL, TVD) the tail contributes exactly as one merged "tail" class with mass ``m``
+  vs ``q(tail)``: the loss equals the divergence between the two distributions coarse-grained to
+  (top-k tokens, tail), a lower bound of the full divergence (data processing inequality) that is exact
+  when the tail is empty (k = V). Values and gradients equal those of the merged-class computation. The
+  tail pulls only on the student's total tail mass, never on its shape.
+- ``"uniform"``: evenly, ``p_j = m / |tail|`` (the student is also pulled towards a flat tail).
+
+With k = V both give the dense loss (a test checks every divergence and ATKD). ATKD's split uses the
+teacher's exact ``UnC = 1 - p_g`` from the stored target log-probability.
+
+The teacher is rebuilt chunk by chunk (``chunk_size`` counted tokens at a time), so peak memory is that of
+the chunked live-teacher loss; the student side is the same hidden states + LM head (or full logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdkit.errors import KdkitError
+from kdkit.losses.atkd import _check_atkd_options, _decoupled_tokens, _hard_split
+from kdkit.losses.chunked import _as_user_error, _chunk_logits, _counted_targets, _Head, _run_chunks
+from kdkit.losses.divergences import DIVERGENCES, _counted_index, token_divergence
+
+TAILS = ("student", "uniform")
+_FLOOR = 1e-30  # smallest tail mass used in log space (fp16 rounding can make the known mass exceed 1)
+
+
+@dataclass
+class TopKTeacher:
+    """The cached teacher of the counted tokens of a batch (row-major order of the (B, T) mask)."""
+
+    indices: Tensor  # (n, k) int token ids of the teacher's top-k, any order
+    logprobs: Tensor  # (n, k) their log-probabilities at the cache's temperature (any float dtype)
+    target_logprobs: Tensor | None = None  # (n,) log-probability of each token's target (ATKD needs it)
+    tail: str = "student"  # how the losses spread the dropped mass: "student" or "uniform" (see above)
+
+    def __len__(self) -> int:
+        return self.indices.shape[0]
+
+
+def dense_teacher(
+    indices: Tensor,
+    logprobs: Tensor,
+    vocab: int,
+    tail: str,
+    student_logprobs: Tensor | None = None,
+    targets: Tensor | None = None,
+    target_logprobs: Tensor | None = None,
+) -> Tensor:
+    """(c, V) float32 teacher log-probabilities rebuilt from its top-k (see the module docstring).
+
+    Args:
+        indices: (c, k) token ids in [0, vocab); logprobs: (c, k) their log-probabilities.
+        vocab: V, the compared vocabulary.
+        tail: "student" (needs ``student_logprobs``, (c, V), used detached) or "uniform".
+        targets, target_logprobs: (c,) each, or None: the target's exact log-probability is placed too.
+    """
+    lp = logprobs.float()
+    idx = indices.long()
+    known = lp.exp().sum(-1)  # (c,)
+    free = torch.ones(idx.shape[0], vocab, dtype=torch.bool, device=idx.device)
+    free.scatter_(-1, idx, False)
+    if targets is not None and target_logprobs is not None:
+        g = targets.long().unsqueeze(-1)
+        outside = free.gather(-1, g).squeeze(-1)  # target not among the top-k
+        known = known + torch.where(outside, target_logprobs.float().exp(), torch.zeros_like(known))
+        free.scatter_(-1, g, False)
+    log_mass = (1.0 - known).clamp(min=_FLOOR).log().unsqueeze(-1)  # (c, 1)
+    if tail == "student":
+        if student_logprobs is None:
+            raise ValueError("tail='student' needs the student's log-probabilities")
+        lq = student_logprobs.detach().float()
+        lq_tail = lq.masked_fill(~free, float("-inf")).logsumexp(-1, keepdim=True)  # (c, 1)
+        out = log_mass + lq - lq_tail  # finite wherever the tail is not empty
+    elif tail == "uniform":
+        count = free.sum(-1, keepdim=True).clamp(min=1)
+        out = (log_mass - count.float().log()).expand(-1, vocab).clone()
+    else:
+        raise ValueError(f"tail must be one of {', '.join(TAILS)}, got {tail!r}")
+    out = out.masked_fill(~free, 0.0)  # rows with an empty tail: no inf/NaN left before the scatter
+    out.scatter_(-1, idx, lp)
+    if targets is not None and target_logprobs is not None:
+        g = targets.long().unsqueeze(-1)
+        out.scatter_(
+            -1, g, torch.where(outside, target_logprobs.float(), out.gather(-1, g).squeeze(-1))[:, None]
+        )
+    return out
+
+
+@dataclass
+class _LogitRows:
+    """The student given as full logits: ``_run_chunks`` slices ``rows``; there is no head to apply."""
+
+    rows: Tensor  # (n, V)
+    weight: None = None
+    bias: None = None
+
+
+def _student_rows(
+    hidden_or_logits: Tensor, weight: Tensor | None, bias: Tensor | None, mask: Tensor | None, vocab: int
+) -> tuple[_Head | _LogitRows, Tensor | None]:
+    index = _counted_index(mask)
+    if weight is None:
+        flat = hidden_or_logits[..., :vocab].reshape(-1, vocab)
+        return _LogitRows(flat if index is None else flat.index_select(0, index)), index
+    return _Head(hidden_or_logits, weight, bias, index, vocab), index
+
+
+def _logits(hs: Tensor, ws: Tensor | None, bs: Tensor | None) -> Tensor:
+    return hs.float() if ws is None else _chunk_logits(hs, ws, bs)
+
+
+def _check(teacher: TopKTeacher, n: int, vocab: int, tail: str, chunk_size: int, where: str) -> None:
+    if tail not in TAILS:
+        raise KdkitError(f"{where}: tail must be one of {', '.join(TAILS)}, got {tail!r}")
+    if chunk_size < 1:
+        raise KdkitError(f"{where}: chunk_size must be >= 1, got {chunk_size}")
+    idx, lp = teacher.indices, teacher.logprobs
+    if idx.dim() != 2 or lp.shape != idx.shape or idx.shape[0] != n:
+        raise KdkitError(
+            f"{where}: the cached teacher has {tuple(idx.shape)} ids and {tuple(lp.shape)} log-probs for {n} "
+            "counted tokens; the cache does not match this batch (rebuild it with `kdkit cache`)"
+        )
+    if idx.numel() and int(idx.max()) >= vocab:
+        raise KdkitError(
+            f"{where}: cached token ids reach {int(idx.max())}, beyond the vocabulary of {vocab}"
+        )
+
+
+def topk_token_loss(
+    student_hidden: Tensor,
+    student_weight: Tensor | None,
+    teacher: TopKTeacher,
+    mask: Tensor | None,
+    *,
+    divergence: str,
+    vocab_size: int,
+    temperature: float = 1.0,
+    tail: str = "student",
+    chunk_size: int = 1024,
+    targets: Tensor | None = None,
+    student_bias: Tensor | None = None,
+    **divergence_kwargs: float | bool,
+) -> tuple[Tensor, Tensor | None]:
+    """A token-level divergence (and the student's CE) against a cached top-k teacher.
+
+    Args:
+        student_hidden: (B, T, D) or (N, D) final hidden states with ``student_weight`` (V_s, D); or, with
+            ``student_weight=None``, the student's logits (B, T, V_s) / (N, V_s).
+        teacher: the counted tokens' top-k teacher, in the row-major order of ``mask``; its log-probs are
+            at ``temperature`` (the cache records the temperature it was built with).
+        mask: (B, T) or (N,) bool, True where the token counts; None counts all.
+        divergence, temperature, chunk_size, targets, student_bias, **divergence_kwargs: as in
+            ``chunked_token_loss``; ``vocab_size`` (required) is the compared vocabulary.
+        tail: "student" or "uniform", see the module docstring.
+
+    Returns:
+        (divergence, ce) float32 scalars, means over the counted tokens (ce None without ``targets``).
+    """
+    where = "topk_token_loss"
+    if divergence not in DIVERGENCES:
+        raise KdkitError(
+            f"{where}: unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}"
+        )
+    with _as_user_error(where):
+        dummy = torch.zeros(1, 2)
+        token_divergence(divergence, dummy, dummy, temperature=temperature, **divergence_kwargs)
+    student, index = _student_rows(student_hidden, student_weight, student_bias, mask, vocab_size)
+    n = student.rows.shape[0]
+    _check(teacher, n, vocab_size, tail, chunk_size, where)
+    ids = None
+    if targets is not None:
+        ids = _counted_targets(targets, student_hidden.shape[:-1], index, vocab_size, where)
+    extras = [teacher.indices, teacher.logprobs] + ([] if ids is None else [ids])
+
+    def chunk(hs: Tensor, ws: Tensor | None, bs: Tensor | None, t_idx: Tensor, t_lp: Tensor, *y: Tensor):
+        s_logits = _logits(hs, ws, bs)  # (c, V)
+        with torch.no_grad():
+            lq = F.log_softmax(s_logits / temperature, dim=-1) if tail == "student" else None
+            # T * log p: the divergences divide by T before their log-softmax, which then returns log p
+            t_logits = temperature * dense_teacher(t_idx, t_lp, vocab_size, tail, lq)
+        div = token_divergence(divergence, s_logits, t_logits, temperature=temperature, **divergence_kwargs)
+        if not y:
+            return (div.sum(),)
+        return div.sum(), F.cross_entropy(s_logits, y[0], reduction="sum")
+
+    sums = _run_chunks(chunk, student, extras, chunk_size)
+    count = max(n, 1)
+    return sums[0] / count, (sums[1] / count if ids is not None else None)
+
+
+def topk_atkd_loss(
+    student_hidden: Tensor,
+    student_weight: Tensor | None,
+    teacher: TopKTeacher,
+    targets: Tensor,
+    mask: Tensor | None,
+    *,
+    vocab_size: int,
+    hard_ratio: float = 0.5,
+    easy_weight: float = 0.2,
+    reverse: bool = False,
+    temperature: float = 1.0,
+    scope: str = "batch",
+    tail: str = "student",
+    chunk_size: int = 1024,
+    student_bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """ATKD (Zhong et al., ACL 2024) against a cached top-k teacher, and the student's CE.
+
+    As ``chunked_atkd_loss`` (same split, tie rule and scope), with the teacher rebuilt from its top-k and
+    its exact target log-probability (required: ``teacher.target_logprobs``), which also gives the split's
+    ``UnC = 1 - p_g`` without a pass over the vocabulary.
+    """
+    where = "topk_atkd_loss"
+    if teacher.target_logprobs is None:
+        raise KdkitError(f"{where}: ATKD needs the teacher's target log-probabilities; rebuild the cache")
+    with _as_user_error(where):
+        _check_atkd_options(vocab_size, hard_ratio, easy_weight, temperature, scope, student_hidden.dim())
+    student, index = _student_rows(student_hidden, student_weight, student_bias, mask, vocab_size)
+    n = student.rows.shape[0]
+    _check(teacher, n, vocab_size, tail, chunk_size, where)
+    lead = student_hidden.shape[:-1]
+    ids = _counted_targets(targets, lead, index, vocab_size, where)  # (n,)
+    t_target = teacher.target_logprobs.float()
+    unc = -torch.expm1(t_target)  # (n,) 1 - p_g
+    hard, n_hard = _hard_split(unc, lead, index, scope, hard_ratio)
+
+    def chunk(hs: Tensor, ws: Tensor | None, bs: Tensor | None, t_idx: Tensor, t_lp: Tensor, t_g: Tensor,
+              g: Tensor, is_hard: Tensor):  # fmt: skip
+        s_logits = _logits(hs, ws, bs)
+        with torch.no_grad():
+            lq = F.log_softmax(s_logits / temperature, dim=-1) if tail == "student" else None
+            t_logits = temperature * dense_teacher(t_idx, t_lp, vocab_size, tail, lq, g, t_g)
+        tkd, dkd, _ = _decoupled_tokens(s_logits, t_logits, g, temperature, reverse)
+        easy_sum = dkd.masked_fill(is_hard, 0.0).sum()
+        hard_sum = (tkd + dkd).masked_fill(~is_hard, 0.0).sum()
+        return easy_sum, hard_sum, F.cross_entropy(s_logits, g, reduction="sum")
+
+    easy_sum, hard_sum, ce_sum = _run_chunks(
+        chunk, student, [teacher.indices, teacher.logprobs, t_target, ids, hard], chunk_size
+    )
+    loss = easy_weight * (easy_sum / max(n - n_hard, 1)) + (1.0 - easy_weight) * (hard_sum / max(n_hard, 1))
+    return loss, ce_sum / max(n, 1)
+
+
+def topk_of_logits(logits: Tensor, k: int, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(ids, log-probs), each (..., k): the top-k of ``softmax(logits / T)`` (what the cache stores)."""
+    lp = F.log_softmax(logits.float() / temperature, dim=-1)
+    values, ids = lp.topk(min(k, lp.shape[-1]), dim=-1)
+    return ids, values
+
+
+__all__ = ["TAILS", "TopKTeacher", "dense_teacher", "topk_atkd_loss", "topk_of_logits", "topk_token_loss"]

@@ -1,0 +1,198 @@
+"""The teacher output cache on disk: shards of teacher outputs over a training set, read memory-mapped.
+
+Layout of a cache dir (``kdkit cache`` writes it, ``cache.dir`` points training at it)::
+
+    shard-00000.safetensors   examples [0, S), S = shard_size; written atomically (temp file + rename)
+    shard-00000.sha256        its checksum, written after it: a shard with a valid checksum is done
+    ...
+    meta.json                 version, kind, settings, fingerprints, example count, every shard's sha256;
+                              written last, so its presence marks a complete cache
+    teacher_generations.jsonl causal_lm with generation.source: teacher: the responses the cache covers
+
+Shard tensors:
+
+- ``kind: logits`` (classifiers): ``logits`` (n, C) float32, the teacher's full logits (any temperature
+  can be applied later);
+- ``kind: topk`` (causal LMs), for the counted (response) tokens of each example, in order:
+  ``offsets`` (n + 1,) int64 (example i's rows are ``offsets[i]:offsets[i+1]``), ``indices`` (rows, k)
+  int32 token ids, ``logprobs`` (rows, k) in ``dtype`` (16-bit by default): log-probabilities at the
+  recorded temperature, i.e. the logits minus the log-normaliser, so the dropped tail mass is
+  ``1 - sum(exp(logprobs))``; ``target_logprobs`` (rows,) float32: the target token's log-probability.
+
+A build interrupted at any point resumes at the first shard without a valid checksum. Loading checks
+the version, every shard's checksum, and (``check_matches``) that teacher, tokenizer, data and settings
+are those of the run; a mismatch is refused naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from kdkit.errors import KdkitError
+from kdkit.io import atomic_write_json, atomic_write_text, file_digest
+from kdkit.losses.topk import TopKTeacher
+
+CACHE_VERSION = 1
+META = "meta.json"
+
+
+def shard_path(root: Path, i: int) -> Path:
+    return root / f"shard-{i:05d}.safetensors"
+
+
+def _sum_path(shard: Path) -> Path:
+    return shard.with_suffix(".sha256")
+
+
+def write_shard(
+    root: Path, i: int, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Write shard ``i`` atomically, then its checksum (the shard counts as done once both exist)."""
+    path = shard_path(root, i)
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=root)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    atomic_write_text(_sum_path(path), file_digest(path) + "\n")
+
+
+def shard_done(root: Path, i: int) -> bool:
+    """True when shard ``i`` exists and matches its recorded checksum (a torn or stale shard is redone)."""
+    path, sums = shard_path(root, i), _sum_path(shard_path(root, i))
+    return path.is_file() and sums.is_file() and sums.read_text().strip() == file_digest(path)
+
+
+def finalize(root: Path, meta: dict[str, Any], num_shards: int) -> None:
+    """Write meta.json (the completeness marker) with every shard's checksum."""
+    shards = {}
+    for i in range(num_shards):
+        path = shard_path(root, i)
+        if not _sum_path(path).is_file():
+            raise KdkitError(
+                f"teacher cache {root}: shard {path.name} is missing; rerun `kdkit cache` to finish it"
+            )
+        shards[path.name] = _sum_path(path).read_text().strip()
+    atomic_write_json(root / META, {**meta, "version": CACHE_VERSION, "shards": shards})
+
+
+@dataclass
+class TeacherCache:
+    """A complete cache, opened for reading: ``outputs(batch)`` gives the teacher outputs of a batch."""
+
+    root: Path
+    meta: dict[str, Any]
+    tail: str = "student"  # causal_lm: how the losses spread the dropped mass (kdkit.losses.topk)
+    _handles: list[Any] = field(default_factory=list, repr=False)
+    _offsets: list[Tensor] = field(default_factory=list, repr=False)
+    _logits: Tensor | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, root: str | Path, tail: str = "student", verify: bool = True) -> TeacherCache:
+        root = Path(root)
+        meta_file = root / META
+        if not meta_file.is_file():
+            raise KdkitError(
+                f"cache.dir '{root}' holds no complete teacher cache ({META} missing); build or finish it "
+                "with `kdkit cache --config FILE`"
+            )
+        meta = json.loads(meta_file.read_text())
+        if meta.get("version") != CACHE_VERSION:
+            raise KdkitError(
+                f"teacher cache {root} has format version {meta.get('version')}, this kdkit reads "
+                f"{CACHE_VERSION}; rebuild it with `kdkit cache`"
+            )
+        cache = cls(root, meta, tail)
+        for name, digest in meta["shards"].items():
+            path = root / name
+            if not path.is_file():
+                raise KdkitError(f"teacher cache {root}: shard {name} is missing; rebuild with `kdkit cache`")
+            if verify and file_digest(path) != digest:
+                raise KdkitError(
+                    f"teacher cache {root}: shard {name} is corrupt (checksum mismatch); delete it and rerun "
+                    "`kdkit cache` to rebuild that shard"
+                )
+            cache._handles.append(safe_open(str(path), framework="pt"))  # memory-mapped reads
+        if meta["kind"] == "logits":
+            cache._logits = torch.cat([h.get_tensor("logits") for h in cache._handles])  # (N, C): small
+        else:
+            cache._offsets = [h.get_tensor("offsets") for h in cache._handles]
+        return cache
+
+    def __len__(self) -> int:
+        return int(self.meta["num_examples"])
+
+    def check_matches(self, expected: dict[str, Any]) -> None:
+        """Refuse a cache built for another teacher, tokenizer, data or setting, naming the field."""
+        for key, value in expected.items():
+            have = self.meta.get("provenance", {}).get(key)
+            if have != value:
+                raise KdkitError(
+                    f"teacher cache {self.root} does not match this run: {key} is {have!r} there, {value!r} "
+                    "here; rebuild it with `kdkit cache --config FILE` (or point cache.dir elsewhere)"
+                )
+
+    def _check_ids(self, idx: Tensor) -> None:
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
+            raise KdkitError(
+                f"teacher cache {self.root} covers {len(self)} examples, the batch asks for example "
+                f"{int(idx.max())}; the training set changed: rebuild the cache"
+            )
+
+    def logits(self, idx: Tensor) -> Tensor:
+        """(B, C) float32 teacher logits of examples ``idx`` (classifier caches)."""
+        self._check_ids(idx)
+        assert self._logits is not None
+        return self._logits[idx.cpu()]
+
+    def topk(self, idx: Tensor, counts: list[int]) -> TopKTeacher:
+        """The top-k teacher of examples ``idx`` (causal-LM caches), their rows concatenated in order;
+        ``counts`` are the counted tokens each example has in the batch (must match the cache)."""
+        self._check_ids(idx)
+        size = int(self.meta["shard_size"])
+        parts: dict[str, list[Tensor]] = {"indices": [], "logprobs": [], "target_logprobs": []}
+        for i, count in zip(idx.tolist(), counts, strict=True):
+            shard, row = divmod(i, size)
+            off = self._offsets[shard]
+            a, b = int(off[row]), int(off[row + 1])
+            if b - a != count:
+                raise KdkitError(
+                    f"teacher cache {self.root}: example {i} has {b - a} cached tokens, the batch {count}; "
+                    "the data or tokenization changed: rebuild the cache"
+                )
+            for name, rows in parts.items():
+                rows.append(self._handles[shard].get_slice(name)[a:b])
+        return TopKTeacher(
+            torch.cat(parts["indices"]).long(),
+            torch.cat(parts["logprobs"]),
+            torch.cat(parts["target_logprobs"]),
+            tail=self.tail,
+        )
+
+    def outputs(self, batch: dict[str, Any], device: torch.device) -> Any:
+        """What a live teacher forward would give the method's loss, read from the cache."""
+        idx = batch["idx"]
+        if self.meta["kind"] == "logits":
+            return SimpleNamespace(logits=self.logits(idx).to(device))
+        from kdkit.methods.lm_base import LMOutputs, shift
+
+        _, mask = shift(batch)
+        top = self.topk(idx, mask.sum(1).tolist())
+        top = TopKTeacher(
+            top.indices.to(device), top.logprobs.to(device), top.target_logprobs.to(device), top.tail
+        )
+        return LMOutputs(None, None, None, topk=top)
