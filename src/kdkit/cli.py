@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _main_process() -> bool:
+    """Whether this is the main process of a multi-process launch (`accelerate launch`, `torchrun`)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from kdkit.train.run import distill, finetune
 
@@ -114,7 +119,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = distill(args.config, args.overrides, **kwargs)
     else:
         result = finetune(args.config, args.overrides, which=args.which, **kwargs)
-    print(json.dumps({"output_dir": str(result.output_dir), **result.metrics}, indent=2))
+    if _main_process():
+        print(json.dumps({"output_dir": str(result.output_dir), **result.metrics}, indent=2))
     return 0
 
 
@@ -157,7 +163,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     }
     if meta["kind"] == "topk":
         summary.update(top_k=prov["top_k"], dtype=prov["dtype"], temperature=prov["temperature"])
-    print(json.dumps(summary))
+    if _main_process():
+        print(json.dumps(summary))
     return 0
 
 
@@ -165,7 +172,12 @@ def _cmd_kb(args: argparse.Namespace) -> int:
     from kdkit.retrieval.resolve import build_kb_for_config
 
     path, kb = build_kb_for_config(args.config, args.overrides, args.output)
-    print(json.dumps({"kb": str(path), "entries": len(kb), "dim": kb.dim, "index": kb.meta["index"]["kind"]}))
+    if _main_process():
+        print(
+            json.dumps(
+                {"kb": str(path), "entries": len(kb), "dim": kb.dim, "index": kb.meta["index"]["kind"]}
+            )
+        )
     return 0
 
 

@@ -50,7 +50,7 @@ def test_lm_cache_with_every_logit_equals_live_distillation(
 
     vocab = len(AutoTokenizer.from_pretrained(tiny_lm))
     config["cache"] = {"dir": str(cache_dir), "top_k": vocab, "dtype": "float32", "shard_size": 20}
-    path, meta = build_cache_for_config({**config, "cache": config["cache"]})
+    _, meta = build_cache_for_config(config)
     assert meta["kind"] == "topk" and meta["num_examples"] == 48 and len(meta["shards"]) == 3
 
     live = distill({**config, "cache": {}}, overwrite=True)
@@ -75,7 +75,7 @@ def test_lm_top_k_cache_trains_and_reads_16_bit(tiny_lm: Path, tiny_jsonl: Path,
 
     # a cache built at another temperature (or k, data, teacher...) is refused, naming the field
     config["method"]["temperature"] = 3.0
-    with pytest.raises(KdkitError, match="temperature is 1.0 there, 3.0 here"):
+    with pytest.raises(KdkitError, match=r"temperature is 1\.0 there, 3\.0 here"):
         distill(config, overwrite=True)
 
 
@@ -128,7 +128,7 @@ def test_interrupted_build_resumes_and_corruption_is_named(
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(KdkitError, match="shard-00003.safetensors is corrupt"):
+    with pytest.raises(KdkitError, match=r"shard-00003\.safetensors is corrupt"):
         TeacherCache.load(root)
     proc = kdkit("distill", "--config", str(write_config(tmp_path / "c.yaml", config)))
     assert proc.returncode == 2 and "corrupt" in proc.stderr and "Traceback" not in proc.stderr

@@ -111,6 +111,7 @@ def build_kb(
         "teacher_dim": feats.shape[1],
         "label_names": label_names,
         "index": asdict(settings.index),
+        "teacher_pass_processes": accelerator.num_processes,  # the pass over train was split this many ways
     }
     return KnowledgeBase(keys.contiguous(), soft.contiguous(), weight, meta)
 

@@ -13,6 +13,7 @@ Output dir of a run::
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -87,7 +88,17 @@ def make_accelerator(config: Config) -> Accelerator:
         # Accelerate keeps one precision per process; a later run in the same Python process (API use,
         # notebooks) may ask for another. The process group (PartialState) is kept.
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=config.train.mixed_precision)
+    return Accelerator(mixed_precision=config.train.mixed_precision, cpu=_multi_cpu())
+
+
+def _multi_cpu() -> bool:
+    """True for several processes without a GPU (``accelerate launch --multi_gpu`` or ``torchrun`` on CPUs).
+
+    Accelerate only starts its CPU process group (gloo) when asked for the CPU; otherwise each process
+    would silently train alone on its own copy of the data.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world > 1 and not torch.cuda.is_available()
 
 
 def _datasets(
