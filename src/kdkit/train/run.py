@@ -79,6 +79,14 @@ def prepare_output_dir(config: Config, resume: bool, overwrite: bool, main: bool
 
 
 def make_accelerator(config: Config) -> Accelerator:
+    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(flag, "false").lower() == "true":
+            # Not yet: saving and evaluating a sharded student needs its full state dict gathered first, and
+            # Accelerate runs FSDP/DeepSpeed on GPUs only (on CPUs it would silently fall back to DDP).
+            raise KdkitError(
+                f"{name} is not supported by kdkit yet; launch plain DDP instead "
+                "(`accelerate launch --multi_gpu --num_processes N -m kdkit.cli ...`)"
+            )
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     from accelerate.state import AcceleratorState
