@@ -182,10 +182,17 @@ def _logits(out: LMOutputs) -> Tensor:
 
 
 def _full_ce(s: LMOutputs, targets: Tensor, mask: Tensor, vocab: int | None) -> Tensor:
-    logits = _logits(s)[:, :-1]
-    logits = logits[..., :vocab] if vocab else logits
-    per_token = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
-    return per_token.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)
+    """Mean cross-entropy over the counted tokens; with hidden states + head, the logits of the counted
+    tokens only (prompt and padding rows are never projected onto the vocabulary)."""
+    if s.hidden is not None:
+        rows = s.hidden[:, :-1][mask]  # (n, D)
+        logits = rows @ s.weight.T if s.bias is None else rows @ s.weight.T + s.bias  # (n, V')
+    else:
+        logits = s.logits[:, :-1][mask]  # (n, V')
+    logits = logits[:, :vocab] if vocab else logits
+    if logits.shape[0] == 0:  # nothing counts: a 0 still connected to the graph
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), targets[mask])
 
 
 class DivergenceLoss(LMLoss):
