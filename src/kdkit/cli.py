@@ -1,4 +1,4 @@
-"""The `kdkit` command: distill, finetune, eval, predict, cache, kb build, validate, ls, demo.
+"""The `kdkit` command: distill, finetune, eval, predict, cache, kb build, report, validate, ls, demo.
 
 Errors in the input (config, paths, columns, labels) print one line ``error: ...`` and exit with 2;
 ``--debug`` shows the traceback instead.
@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from kdkit.errors import KdkitError
+from kdkit.errors import KdkitError, is_out_of_memory, out_of_memory_message
 
 
 def _quiet_libraries() -> None:
@@ -30,7 +30,12 @@ def _quiet_libraries() -> None:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML config file (see docs/config.md, `kdkit ls`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=3e-5")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in output_dir (one that fails its checksums is skipped with a "
+        "warning); a run killed at any point ends as if never stopped (docs/resume.md)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
     p.add_argument(
         "--stop-after",
@@ -78,18 +83,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-retrieval", action="store_true", help="ReAugKD runs: the student alone")
     p.add_argument("--beta", type=float, default=None, help="ReAugKD: weight of the retrieved labels")
     p.add_argument("--k", type=int, default=None, help="ReAugKD: neighbours retrieved per text")
-    p = sub.add_parser(
-        "cache", help="run the teacher once over the training set and store its outputs (cache.dir)"
+    about = (
+        "run the teacher once over the training set and store its outputs (cache.dir); an interrupted "
+        "build resumes when rerun, redoing only the shards without a valid checksum"
     )
+    p = sub.add_parser("cache", help=about, description=about)
     p.add_argument("--config", required=True)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--output", default=None, help="cache dir (default: cache.dir of the config)")
     p = sub.add_parser("kb", help="ReAugKD knowledge bases: `kdkit kb build --config FILE`")
     kb_sub = p.add_subparsers(dest="kb_command", required=True)
-    p = kb_sub.add_parser("build", help="build the KB of a config's teacher over its training data")
+    about = (
+        "build the KB of a config's teacher over its training data; the KB dir appears complete or not "
+        "at all, and an interrupted build resumes its teacher pass when rerun (same KB as one straight build)"
+    )
+    p = kb_sub.add_parser("build", help=about, description=about)
     p.add_argument("--config", required=True)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--output", default=None, help="KB dir (default: <output_dir>/kb, where distill finds it)")
+    p = sub.add_parser(
+        "report", help="HTML report of finished runs: teacher-vs-students table, curves, quality vs latency"
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="output dirs of finished runs")
+    p.add_argument("--output", default="report", help="dir for report.html and its figures (default: report)")
+    p.add_argument("--no-latency", action="store_true", help="do not time the models (latency shows '-')")
+    p.add_argument("--device", default="cpu", help="device that latency is measured on (default: cpu)")
+    p.add_argument("--latency-batch-size", type=int, default=8, help="sequences per timed batch (8)")
+    p.add_argument("--latency-seq-len", type=int, default=128, help="tokens per timed sequence (128)")
+    p.add_argument("--latency-repeats", type=int, default=5, help="timed rounds; the median is shown (5)")
+    p.add_argument("--title", default="kdkit report", help="page title")
     p = sub.add_parser("validate", help="check a config without training (types, paths, names, labels)")
     p.add_argument("--config", required=True)
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -131,7 +153,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        from kdkit.io import atomic_write_text
+
+        atomic_write_text(args.output, text + "\n")
     return 0
 
 
@@ -181,6 +205,19 @@ def _cmd_kb(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kdkit.report import LatencySettings, write_report
+
+    settings = LatencySettings(
+        args.latency_batch_size, args.latency_seq_len, args.latency_repeats, device=args.device
+    )
+    path = write_report(
+        args.runs, args.output, latency=settings, no_latency=args.no_latency, title=args.title
+    )
+    print(f"report: {path}")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from kdkit.validate import validate
 
@@ -227,6 +264,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _close_progress_bars() -> None:
+    """Close the tqdm bars a failure left open (each ends its line)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 COMMANDS = {
     "distill": _cmd_run,
     "finetune": _cmd_run,
@@ -237,18 +282,26 @@ COMMANDS = {
     "validate": _cmd_validate,
     "ls": _cmd_ls,
     "demo": _cmd_demo,
+    "report": _cmd_report,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from kdkit.report import card
+
+    card.record_command(argv)  # the exact command, for the model cards of the runs it writes
     _quiet_libraries()
     try:
-        return COMMANDS[args.command](args)
+        try:
+            return COMMANDS[args.command](args)
+        finally:
+            _close_progress_bars()  # an error message then starts its own line
+            card.COMMAND = None  # later API calls in this process are not this command
     except KdkitError as err:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("interrupted; continue a training run with --resume", file=sys.stderr)
@@ -256,6 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # an unexpected failure: one line, the traceback with --debug
         if args.debug:
             raise
+        if is_out_of_memory(err):  # the user's to fix, like bad input: say which knobs lower the peak
+            print(f"error: {out_of_memory_message(args.command, err)}", file=sys.stderr)
+            return 2
         print(
             f"error: unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)",
             file=sys.stderr,

@@ -269,12 +269,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise KdkitError(f"config file '{path}' does not exist; `kdkit ls` lists the shipped configs")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise KdkitError(
+            f"config file '{path}' is not UTF-8 text (byte {err.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise KdkitError(
-            f"config file '{path}' is not valid YAML{where}: {getattr(err, 'problem', err)}"
-        ) from None
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise KdkitError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

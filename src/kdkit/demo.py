@@ -4,6 +4,7 @@ The packaged MiniLM-L6 encoder is fine-tuned as the teacher on the packaged twee
 (3 classes; cached in KDKIT_HOME), then a 2-layer student cut from the teacher's layers [0, 5] is trained
 twice on the same data, steps and seed: once with the task loss only (no KD) and once with vanilla KD.
 The table compares them on the held-out test split, with latency per example at batch 32.
+The HTML report of the three runs (``kdkit report``) goes to ``<output_dir>/report/``.
 """
 
 from __future__ import annotations
@@ -103,7 +104,11 @@ def run_demo(output_dir: Path, quick: bool = False) -> dict[str, Any]:
     atomic_write_text(output_dir / "results.md", table + "\n")
     atomic_write_json(output_dir / "results.json", rows)
     print(f"outputs: {output_dir}/ (teacher, student-nokd, student-kd, results.md)")
-    return {"rows": rows}
+    from kdkit.report import write_report
+
+    report = write_report([teacher_dir, nokd.output_dir, kd.output_dir], output_dir / "report")
+    print(f"report: {report}")
+    return {"rows": rows, "report": report}
 
 
 def _test_texts(config: Any, n: int) -> list[str]:

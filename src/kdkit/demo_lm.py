@@ -5,6 +5,7 @@ distilled into a 10-layer student cut from its 30 layers, on dolly dev, twice: w
 KL and with ATKD (on forward KL), same data, steps and seed (configs/dolly_smol10l_from_smol135m_*.yaml).
 The table gives perplexity on response tokens and ROUGE-L of greedy answers on dolly valid (a subset on
 CPU) for the teacher, the student before training, and the two distilled students.
+The HTML report of the two runs and their teacher (``kdkit report``) goes to ``<output_dir>/report/``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def run_demo_lm(
     extra = [*(QUICK if quick else []), *(overrides or []), "eval.teacher=false"]
     output_dir.mkdir(parents=True, exist_ok=True)
     print("[1/3] teacher and untrained 10-layer student on dolly valid")
-    teacher_m, before_m, t_params, s_params = _before(recipe("forward_kl", output_dir, extra))
+    first = recipe("forward_kl", output_dir, extra)
+    teacher_m, before_m, t_params, s_params = _before(first)
     rows = [
         {"model": "teacher SmolLM2-135M-Instruct (30 layers)", "parameters": t_params, **teacher_m},
         {"model": "student 10 layers, before training", "parameters": s_params, **before_m},
@@ -72,6 +74,15 @@ def run_demo_lm(
     atomic_write_text(output_dir / "results.md", table + "\n")
     atomic_write_json(output_dir / "results.json", rows)
     print(f"outputs: {output_dir}/ (forward_kl, atkd, results.md)")
+    from kdkit.report import write_report
+
+    # the runs do not evaluate their teacher (eval.teacher=false): its metrics come from step 1
+    report = write_report(
+        [output_dir / name for name in RECIPES],
+        output_dir / "report",
+        teacher_metrics={str(first.teacher.model): {"validation": teacher_m}},
+    )
+    print(f"report: {report}")
     return rows
 
 

@@ -7,7 +7,9 @@ dotted key path, e.g. ``config key 'train.lrr' is unknown (did you mean 'lr'?)``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -17,9 +19,18 @@ from kdkit.errors import KdkitError, did_you_mean
 T = TypeVar("T")
 
 
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
 def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
+    """How an error names a type: 'a list', 'an integer', 'one of a, b'."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(tp))
+    if origin is dict or tp is dict:
+        return "a mapping"
+    if origin in _NAMES or tp in _NAMES:
+        return _NAMES[origin or tp]
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
@@ -81,14 +92,17 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             return int(value)
         raise KdkitError(f"config key '{where}' must be an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "1e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise KdkitError(f"config key '{where}' must be a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads "1e-4" as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise KdkitError(f"config key '{where}' must be a number, got {value!r}")
+        if not math.isfinite(number):  # nan slips through every range check (nan <= 0 is False)
+            raise KdkitError(f"config key '{where}' must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

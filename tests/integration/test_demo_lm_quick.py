@@ -26,3 +26,10 @@ def test_demo_lm_quick_runs_and_reports(tmp_path: Path) -> None:
         assert (tmp_path / "demo" / name / "model.safetensors").is_file()
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved[3]["perplexity"] == atkd["perplexity"]
+    from tests.unit.report.helpers import summary_rows
+
+    table = summary_rows((tmp_path / "demo" / "report" / "report.html").read_text())
+    assert list(table)[1:] == ["forward_kl", "atkd"]
+    teacher_row = table[next(iter(table))]
+    assert teacher_row["role"] == "teacher"
+    assert teacher_row["perplexity@validation"] == f"{teacher['perplexity']:.2f}"  # given by the demo

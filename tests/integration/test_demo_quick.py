@@ -26,3 +26,13 @@ def test_demo_quick_runs_and_reports(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved[2]["accuracy"] == kd["accuracy"]
     assert "| student 2L, KD |" in (tmp_path / "demo" / "results.md").read_text()
+    from tests.unit.report.helpers import summary_rows
+
+    report = tmp_path / "demo" / "report" / "report.html"
+    assert result["report"] == report and (tmp_path / "demo" / "report" / "curves_train.png").is_file()
+    table = summary_rows(report.read_text())
+    assert list(table) == ["teacher", "student-nokd", "student-kd"]  # the teacher run is the teacher row
+    assert table["teacher"]["role"] == "teacher"
+    assert table["student-kd"]["accuracy@test"] == f"{kd['accuracy']:.4f}"
+    assert float(table["student-kd"]["speedup"].rstrip("x")) > 1.0
+    assert (tmp_path / "demo" / "student-kd" / "README.md").is_file()  # the model card

@@ -45,6 +45,7 @@ def class_ids(
             names = sorted({_key(v) for v in train_unique})
         else:
             _check_non_negative(ints, train_source)
+            _check_dense(ints, train_source)
             names = [str(i) for i in range(max(ints) + 1)]
         known = f"in the train label space ({_short(names)}); set data.label_names to name every class"
     out = {}
@@ -121,6 +122,18 @@ def _check_non_negative(ints: list[int | None], source: str) -> None:
     if low < 0:
         raise KdkitError(
             f"{source}: label {low} is negative; class ids must be 0..C-1 (or set data.label_names)"
+        )
+
+
+def _check_dense(ints: list[int | None], source: str) -> None:
+    """Class ids 0..max: a max far above the number of distinct ids is not a class id (e.g. a year, a
+    score, a user id), and would make a head of that many classes."""
+    distinct = {i for i in ints if i is not None}
+    size = max(distinct) + 1
+    if size > 1000 and size > 2 * len(distinct):
+        raise KdkitError(
+            f"{source}: label ids go up to {size - 1} but train has {len(distinct)} distinct labels; class "
+            "ids must be 0..C-1: set data.label_names, or task: regression for real-valued targets"
         )
 
 

@@ -24,6 +24,8 @@ from kdkit.errors import KdkitError
 from kdkit.methods.lm_base import ATKDLoss, check_causal_lm, check_common
 
 needs_teacher = True
+# the paper the method follows (model cards, reports)
+PAPER = 'Zhong et al., "Revisiting Knowledge Distillation for Autoregressive Language Models", ACL 2024 (arXiv 2402.11890)'
 
 
 @dataclass

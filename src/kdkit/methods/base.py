@@ -8,6 +8,7 @@ A method module defines:
   (e.g. projections), which are optimised and checkpointed with the student but not saved into it;
   ``forward(student_out, teacher_out, batch) -> LossOutput``;
 - ``check(config, task)``: raises ``KdkitError`` when the method cannot run on a task;
+- ``PAPER``: a one-line citation of the paper it follows (model cards and reports);
 - optionally ``prepare(config, env: PrepareEnv) -> dict``: work before training whose result reaches the
   loss as ``LossContext.resources`` (ReAugKD's knowledge base).
 

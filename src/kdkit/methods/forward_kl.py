@@ -13,6 +13,8 @@ from typing import Any
 from kdkit.methods.lm_base import DivergenceLoss, check_causal_lm, check_common
 
 needs_teacher = True
+# the paper the method follows (model cards, reports)
+PAPER = 'Hinton et al. 2015, per token as word-level KD in Kim and Rush, "Sequence-Level Knowledge Distillation", EMNLP 2016'
 
 
 @dataclass

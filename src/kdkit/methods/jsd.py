@@ -12,6 +12,8 @@ from kdkit.errors import KdkitError
 from kdkit.methods.lm_base import DivergenceLoss, check_causal_lm, check_common
 
 needs_teacher = True
+# the paper the method follows (model cards, reports)
+PAPER = 'Agarwal et al., "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes", ICLR 2024 (GKD)'
 
 
 @dataclass

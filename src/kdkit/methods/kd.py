@@ -28,6 +28,8 @@ from kdkit.losses import hidden_mse, kd_loss, kd_mse_loss
 from kdkit.methods.base import LossContext, LossOutput
 
 needs_teacher = True
+# the paper the method follows (model cards, reports)
+PAPER = 'Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network", 2015 (arXiv 1503.02531)'
 
 
 @dataclass

@@ -43,6 +43,8 @@ from kdkit.losses.mixup import (
 from kdkit.methods.base import LossContext, LossOutput, task_loss
 
 needs_teacher = True
+# the paper the method follows (model cards, reports)
+PAPER = 'Liang et al., "MixKD: Towards Efficient Distillation of Large-scale Language Models", ICLR 2021 (arXiv 2011.00593)'
 
 
 @dataclass

@@ -39,6 +39,8 @@ from kdkit.methods.base import LossContext, LossOutput, PrepareEnv
 from kdkit.models.pooling import pooled_embedding
 
 needs_teacher = True
+# the paper the method follows (model cards, reports)
+PAPER = 'Zhang et al., "ReAugKD: Retrieval-Augmented Knowledge Distillation For Pre-trained Language Models", ACL 2023'
 
 
 @dataclass

@@ -11,6 +11,8 @@ from typing import Any
 from kdkit.methods.lm_base import DivergenceLoss, check_causal_lm, check_common
 
 needs_teacher = True
+# the paper the method follows (model cards, reports)
+PAPER = 'Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", ICLR 2024 (token-level reverse KL)'
 
 
 @dataclass

@@ -11,6 +11,8 @@ from kdkit.errors import KdkitError
 from kdkit.methods.lm_base import DivergenceLoss, check_causal_lm, check_common
 
 needs_teacher = True
+# the paper the method follows (model cards, reports)
+PAPER = 'Ko et al., "DistiLLM: Towards Streamlined Distillation for Large Language Models", ICML 2024'
 
 
 @dataclass

@@ -9,6 +9,8 @@ from typing import Any
 from kdkit.methods.lm_base import DivergenceLoss, check_causal_lm, check_common
 
 needs_teacher = True
+# the paper the method follows (model cards, reports)
+PAPER = 'Wen et al., "f-Divergence Minimization for Sequence-Level Knowledge Distillation", ACL 2023'
 
 
 @dataclass

@@ -7,6 +7,7 @@ model from a config (``init: random`` + ``config_overrides``), or any pretrained
 
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,43 +23,53 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from kdkit.assets import asset_path, is_asset
+from kdkit.assets import ASSETS, asset_path, is_asset
 from kdkit.config import ModelConfig
-from kdkit.errors import KdkitError
+from kdkit.errors import KdkitError, did_you_mean
 
 log = logging.getLogger(__name__)
 
 
-def resolve_model_name(name: str) -> str:
-    """Named asset -> its directory; an existing local path -> as is; otherwise a hub id (checked on load)."""
+def resolve_model_name(name: str, marker: str = "config.json") -> str:
+    """Named asset -> its directory; an existing local path -> as is; otherwise a hub id (checked on load).
+
+    A local dir must hold ``marker`` (a tokenizer dir: ``tokenizer_config.json``).
+    """
     if is_asset(name, "model"):
         return str(asset_path(name, "model"))
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise KdkitError(f"model dir '{path}' has no config.json; point to a saved Hugging Face model")
+        if not (path / marker).is_file():
+            what = "model" if marker == "config.json" else "tokenizer"
+            raise KdkitError(f"{what} dir '{path}' has no {marker}; point to a saved Hugging Face {what}")
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise KdkitError(f"model path '{name}' does not exist")
+    if "/" not in name and difflib.get_close_matches(name, list(ASSETS), n=1, cutoff=0.75):
+        # a near-miss of a named asset is a typo, not a hub id: say so now rather than after a hub lookup
+        raise KdkitError(
+            f"unknown model '{name}': not a named asset{did_you_mean(name, ASSETS)} and not a local dir; "
+            "`kdkit ls` lists the assets"
+        )
     return name
 
 
 def _hub_error(name: str, err: Exception) -> KdkitError:
     return KdkitError(
-        f"could not load model '{name}': not a named asset (`kdkit ls`), not a local dir, and the hub "
-        f"gave: {str(err).splitlines()[0][:200]}"
+        f"could not load model '{name}': not a named asset{did_you_mean(name, ASSETS)} (`kdkit ls`), "
+        f"not a local dir, and the hub gave: {str(err).splitlines()[0][:200]}"
     )
 
 
-def _from_pretrained(loader: Any, name: str) -> Any:
+def _from_pretrained(loader: Any, name: str, marker: str = "config.json") -> Any:
     try:
-        return loader.from_pretrained(resolve_model_name(name))
+        return loader.from_pretrained(resolve_model_name(name, marker))
     except OSError as err:
         raise _hub_error(name, err) from None
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    return _from_pretrained(AutoTokenizer, name)
+    return _from_pretrained(AutoTokenizer, name, "tokenizer_config.json")
 
 
 def load_model_config(name: str) -> PretrainedConfig:

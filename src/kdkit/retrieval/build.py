@@ -8,24 +8,41 @@
 
 With several processes the teacher pass is split across them (``gather_for_metrics``) and every process
 trains the same head from the same seed; only the main process writes.
+
+The teacher pass, the expensive step, is resumable: with a ``partial`` dir its outputs are written in
+chunks of batches (``shard-NNNNN.safetensors`` with a sha256 sidecar each, atomically, by
+``kdkit.teacher.cache.write_shard``) beside ``building.json`` (what the pass depends on). A build killed at
+any point and rerun with the same settings skips the chunks with a valid checksum; the KB it ends with is
+identical to an uninterrupted build's. Chunks of another build (other teacher, data, settings, batch size
+or process count) are discarded.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from kdkit.io import atomic_write_json
 from kdkit.losses.relational import supcon_loss
 from kdkit.models.pooling import Pooling, pooled_embedding
 from kdkit.retrieval.index import IndexSpec
 from kdkit.retrieval.kb import KnowledgeBase
+from kdkit.teacher.cache import remove_temp_files, shard_done, shard_path, write_shard
+
+_CHUNKS = 32  # the teacher pass is saved in about this many chunks (a kill loses at most one)
+BUILDING = "building.json"
 
 
 @dataclass
@@ -47,21 +64,80 @@ class KBSettings:
         return asdict(self)
 
 
+def _done_chunks(partial: Path, spec: dict[str, Any], accelerator: Accelerator) -> int:
+    """How many leading chunks of the teacher pass ``partial`` already holds (0 for a fresh build)."""
+    if accelerator.is_main_process:
+        building = partial / BUILDING
+        try:
+            same = json.loads(building.read_text()) == spec
+        except (OSError, ValueError):
+            same = False
+        if not same:  # nothing there, or chunks of another build: start over
+            shutil.rmtree(partial, ignore_errors=True)
+            atomic_write_json(building, spec)
+        remove_temp_files(partial)
+    accelerator.wait_for_everyone()
+    done = 0
+    while done < spec["chunks"] and shard_done(partial, done):
+        done += 1
+    return done
+
+
 @torch.no_grad()
 def teacher_features(
-    teacher: nn.Module, loader: DataLoader, accelerator: Accelerator, pooling: Pooling
+    teacher: nn.Module,
+    loader: DataLoader,
+    accelerator: Accelerator,
+    pooling: Pooling,
+    partial: Path | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(pooled embeddings (N, D_t), logits (N, C)) of the teacher over ``loader`` (prepared), in data order."""
+    """(pooled embeddings (N, D_t), logits (N, C)) of the teacher over ``loader`` (prepared), in data order.
+
+    With ``partial``, each chunk of batches is saved there as it completes and the chunks a previous
+    (interrupted) pass saved with the same ``provenance`` are read back instead of recomputed.
+    """
     teacher.eval()
+    n = len(loader)
+    per_chunk = max(1, math.ceil(n / _CHUNKS))
+    spec = {
+        "provenance": provenance,
+        "batches": n,
+        "batches_per_chunk": per_chunk,
+        "chunks": math.ceil(n / per_chunk),
+        "processes": accelerator.num_processes,
+    }
+    spec = json.loads(json.dumps(spec))  # as building.json reads back (tuples -> lists)
+    done = _done_chunks(partial, spec, accelerator) if partial is not None else 0
     feats, logits = [], []
-    for batch in tqdm(loader, desc="teacher embeddings", disable=not accelerator.is_local_main_process):
+    for i in range(done):  # done > 0 only with a partial dir
+        chunk = load_file(shard_path(partial, i))  # type: ignore[arg-type]
+        feats.append(chunk["features"])
+        logits.append(chunk["logits"])
+    if done:
+        accelerator.print(f"teacher embeddings: resuming after {done} of {spec['chunks']} saved chunks")
+    pending: tuple[list[Tensor], list[Tensor]] = ([], [])
+    show = accelerator.is_local_main_process
+    bar = tqdm(total=n, initial=done * per_chunk, desc="teacher embeddings", disable=not show)
+    for b, batch in enumerate(loader):  # the loader is walked whole: skipping it would break the gather
+        if b < done * per_chunk:
+            continue
         inputs = batch["teacher"]
         with accelerator.autocast():
             out = teacher(**inputs, output_hidden_states=True)
         pooled = pooled_embedding(out.hidden_states[-1], inputs["attention_mask"], pooling)
         f, lg = accelerator.gather_for_metrics((pooled.float(), out.logits.float()))
-        feats.append(f.cpu())
-        logits.append(lg.cpu())
+        pending[0].append(f.cpu())
+        pending[1].append(lg.cpu())
+        bar.update(1)
+        if (b + 1) % per_chunk == 0 or b + 1 == n:
+            chunk_f, chunk_l = torch.cat(pending[0]), torch.cat(pending[1])
+            if partial is not None and accelerator.is_main_process:
+                write_shard(partial, b // per_chunk, {"features": chunk_f, "logits": chunk_l})
+            feats.append(chunk_f)
+            logits.append(chunk_l)
+            pending = ([], [])
+    bar.close()
     return torch.cat(feats), torch.cat(logits)
 
 
@@ -100,9 +176,11 @@ def build_kb(
     settings: KBSettings,
     provenance: dict[str, Any],
     label_names: list[str] | None,
+    partial: Path | None = None,
 ) -> KnowledgeBase:
-    """The KB of the training examples in ``loader`` (their teacher side), with ``labels`` (N,) class ids."""
-    feats, logits = teacher_features(teacher, loader, accelerator, settings.pooling)
+    """The KB of the training examples in ``loader`` (their teacher side), with ``labels`` (N,) class ids;
+    ``partial``: where the teacher pass is saved as it goes (a rerun resumes it)."""
+    feats, logits = teacher_features(teacher, loader, accelerator, settings.pooling, partial, provenance)
     weight = train_projection(feats, labels, settings, show=accelerator.is_local_main_process)
     keys = F.normalize(feats @ weight.T, dim=-1)
     soft = torch.softmax(logits / settings.label_temperature, dim=-1)

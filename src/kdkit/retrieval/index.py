@@ -18,6 +18,7 @@ import faiss
 import numpy as np
 
 from kdkit.errors import KdkitError
+from kdkit.io import publish
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 _MISSING_SIM = -1e4  # similarity given to "no neighbour found" (IVF with few lists): softmax weight 0
@@ -91,7 +92,7 @@ def save_index(index: faiss.Index, path: str | Path) -> None:
     os.close(fd)
     try:
         faiss.write_index(index, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -3,6 +3,11 @@
 Every run's KB ends up in ``<output_dir>/kb`` beside the student, so the run dir alone serves retrieval
 (``kdkit predict``, ``kdkit eval``, ``ReAugPredictor.from_pretrained``). A KB is reused only when its
 provenance (teacher and data fingerprints, settings) matches this run's; a stale one is refused.
+
+Interrupted builds: the KB dir appears complete or not at all (written to a temp dir, then renamed). While
+it is built, the teacher pass is saved in checksummed chunks under ``<kb>/.partial/``, so a build killed at
+any point (`kdkit kb build`, or a ReAugKD `distill` building its KB) resumes the pass when rerun, and ends
+with the same KB as an uninterrupted build; the temp dirs of a killed write are removed.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from torch import nn
 
 from kdkit.errors import KdkitError
 from kdkit.fingerprint import model_fingerprint, split_fingerprint
+from kdkit.io import remove_leftovers
 from kdkit.retrieval.build import KBSettings, build_kb
 from kdkit.retrieval.index import IndexSpec
 from kdkit.retrieval.kb import KnowledgeBase
 
 KB_DIR = "kb"
+PARTIAL = ".partial"  # inside the KB dir being built: the saved chunks of the teacher pass
 
 
 def kb_settings(method: Any, dim: int, teacher_max_length: int) -> KBSettings:
@@ -101,13 +108,16 @@ def build_and_save(
     batch_size: int,
 ) -> KnowledgeBase:
     """Build the KB of ``train_set`` (a DistillDataset with a teacher side) and write it to ``target``
-    (main process; the teacher pass is split across processes)."""
+    (main process; the teacher pass is split across processes). The pass is saved as it goes in
+    ``target/.partial`` and resumed from there; writing the KB replaces the whole dir, chunks included."""
+    if accelerator.is_main_process:  # what a killed KB write left beside the target
+        remove_leftovers(target.parent, [target.name])
     teacher.to(accelerator.device)
     loader = accelerator.prepare_data_loader(
         torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=False, collate_fn=collate)
     )
     labels = torch.as_tensor(train_set.split.labels)
-    kb = build_kb(teacher, loader, labels, accelerator, settings, prov, label_names)
+    kb = build_kb(teacher, loader, labels, accelerator, settings, prov, label_names, target / PARTIAL)
     if accelerator.is_main_process:
         kb.save(target)
         print(f"knowledge base: {len(kb)} entries written to {target}")
@@ -120,7 +130,8 @@ def build_kb_for_config(
 ) -> tuple[Path, KnowledgeBase]:
     """`kdkit kb build`: the KB of a config's teacher (fine-tuned first if ``teacher.finetune`` asks) over
     its training data, with the config's ``reaugkd`` settings (defaults for another method), written to
-    ``output`` (default ``<output_dir>/kb``, where a ReAugKD run with this config picks it up)."""
+    ``output`` (default ``<output_dir>/kb``, where a ReAugKD run with this config picks it up). An
+    interrupted build resumes its teacher pass when run again (see the module docstring)."""
     from kdkit.config import load_config
     from kdkit.data import Collator, DistillDataset, encode, load_task_data
     from kdkit.models import freeze, load_model_config, load_tokenizer

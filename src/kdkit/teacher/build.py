@@ -3,8 +3,10 @@
 The training set is tokenized exactly as `kdkit distill` tokenizes it, so a cached example lines up with
 the batch that asks for it (the data fingerprint covers the token ids, hence data, tokenizer, templates
 and max length at once). Shards are independent units of work: with several processes (`accelerate
-launch`) process r builds shards r, r + P, r + 2P, ...; an interrupted build redoes only the shards
-without a valid checksum. The main process writes meta.json once every shard is done.
+launch`) process r builds shards r, r + P, r + 2P, ...; an interrupted build (even killed with SIGKILL)
+redoes only the shards without a valid checksum, after deleting the temp files it was writing. The main
+process writes meta.json once every shard is done. Rerun on a complete cache with a damaged shard, the
+build turns it back into a build in progress and redoes only that shard.
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ from tqdm.auto import tqdm
 from kdkit.config import Config, load_config
 from kdkit.errors import KdkitError
 from kdkit.fingerprint import ids_fingerprint, model_fingerprint, tokenizer_fingerprint
-from kdkit.io import atomic_write_json
-from kdkit.teacher.cache import META, TeacherCache, finalize, shard_done, write_shard
+from kdkit.io import atomic_write_json, file_digest
+from kdkit.teacher.cache import (
+    META,
+    TeacherCache,
+    finalize,
+    read_meta,
+    remove_temp_files,
+    shard_done,
+    write_shard,
+)
 
 BUILDING = "building.json"  # the settings of a build in progress: a resumed build must match them
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -109,6 +119,11 @@ def build_cache_for_config(
         raise KdkitError("set cache.dir (or pass --output DIR): where the teacher cache goes")
     check_cacheable(config)
     accelerator = make_accelerator(config)
+    meta = read_meta(root) if (root / META).is_file() else None  # every process: a bad one stops them all
+    accelerator.wait_for_everyone()
+    if meta is not None and accelerator.is_main_process:
+        _reopen_if_damaged(root, meta, accelerator)
+    accelerator.wait_for_everyone()
     if (root / META).is_file():
         accelerator.print(f"teacher cache {root} is complete; delete it to rebuild")
         return root, TeacherCache.load(root).meta
@@ -127,8 +142,25 @@ def build_cache_for_config(
     return root, TeacherCache.load(root).meta
 
 
+def _reopen_if_damaged(root: Path, meta: dict[str, Any], accelerator: Accelerator) -> None:
+    """A complete cache whose shards fail their checksum (or are gone) becomes a build in progress again
+    (meta.json -> building.json), so that this build redoes those shards only."""
+    damaged = [
+        name
+        for name, digest in meta.get("shards", {}).items()
+        if not (root / name).is_file() or file_digest(root / name) != digest
+    ]
+    if not damaged:
+        return
+    accelerator.print(f"teacher cache {root}: {', '.join(damaged)} missing or corrupt; rebuilding")
+    atomic_write_json(root / BUILDING, {k: v for k, v in meta.items() if k not in ("version", "shards")})
+    (root / META).unlink()
+
+
 def _check_resume(root: Path, meta: dict[str, Any], accelerator: Accelerator) -> None:
     building = root / BUILDING
+    if accelerator.is_main_process:  # what a killed build was writing: temp shards and checksums
+        remove_temp_files(root)
     if building.is_file():
         before = json.loads(building.read_text())
         if before != meta:

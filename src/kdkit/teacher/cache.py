@@ -19,9 +19,11 @@ Shard tensors:
   recorded temperature, i.e. the logits minus the log-normaliser, so the dropped tail mass is
   ``1 - sum(exp(logprobs))``; ``target_logprobs`` (rows,) float32: the target token's log-probability.
 
-A build interrupted at any point resumes at the first shard without a valid checksum. Loading checks
-the version, every shard's checksum, and (``check_matches``) that teacher, tokenizer, data and settings
-are those of the run; a mismatch is refused naming the field.
+A build interrupted at any point (even killed with SIGKILL) resumes: shards with a valid checksum are
+kept, temp files of the writes it was killed in are removed. Loading checks the version, every shard's
+checksum (a truncated or corrupt shard is named; rerunning ``kdkit cache`` rebuilds just that shard), and
+(``check_matches``) that teacher, tokenizer, data and settings are those of the run; a mismatch is refused
+naming the field.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from kdkit.errors import KdkitError
-from kdkit.io import atomic_write_json, atomic_write_text, file_digest
+from kdkit.io import atomic_write_json, atomic_write_text, file_digest, publish
 from kdkit.losses.topk import TopKTeacher
 
 CACHE_VERSION = 1
@@ -65,10 +67,35 @@ def write_shard(
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     atomic_write_text(_sum_path(path), file_digest(path) + "\n")
+
+
+def remove_temp_files(root: Path) -> None:
+    """Delete the temp files that writes killed mid-way left in ``root`` (``.shard-*``, ``.meta.json.*``,
+    ...): atomic writes create the final names only by renaming, so these are never complete files."""
+    if root.is_dir():
+        for path in root.glob(".*"):
+            if path.is_file() and path.name.startswith((".shard-", f".{META}.", ".building.json.")):
+                path.unlink(missing_ok=True)
+
+
+def read_meta(root: Path) -> dict[str, Any]:
+    """meta.json of a cache dir; a damaged one is named in a one-line error."""
+    try:
+        meta = json.loads((root / META).read_text())
+    except (OSError, ValueError) as err:
+        raise KdkitError(
+            f"teacher cache {root}: {META} is unreadable ({str(err).splitlines()[0]}); delete the cache dir "
+            "and rebuild it with `kdkit cache`"
+        ) from None
+    if not isinstance(meta, dict):
+        raise KdkitError(
+            f"teacher cache {root}: {META} is not a JSON object; delete the cache dir and rebuild it"
+        )
+    return meta
 
 
 def shard_done(root: Path, i: int) -> bool:
@@ -110,7 +137,7 @@ class TeacherCache:
                 f"cache.dir '{root}' holds no complete teacher cache ({META} missing); build or finish it "
                 "with `kdkit cache --config FILE`"
             )
-        meta = json.loads(meta_file.read_text())
+        meta = read_meta(root)
         if meta.get("version") != CACHE_VERSION:
             raise KdkitError(
                 f"teacher cache {root} has format version {meta.get('version')}, this kdkit reads "
@@ -120,11 +147,13 @@ class TeacherCache:
         for name, digest in meta["shards"].items():
             path = root / name
             if not path.is_file():
-                raise KdkitError(f"teacher cache {root}: shard {name} is missing; rebuild with `kdkit cache`")
+                raise KdkitError(
+                    f"teacher cache {root}: shard {name} is missing; rerun `kdkit cache` to rebuild it"
+                )
             if verify and file_digest(path) != digest:
                 raise KdkitError(
-                    f"teacher cache {root}: shard {name} is corrupt (checksum mismatch); delete it and rerun "
-                    "`kdkit cache` to rebuild that shard"
+                    f"teacher cache {root}: shard {name} is corrupt (checksum mismatch); rerun `kdkit cache` "
+                    "with the same config to rebuild that shard"
                 )
             cache._handles.append(safe_open(str(path), framework="pt"))  # memory-mapped reads
         if meta["kind"] == "logits":

@@ -1,7 +1,15 @@
-"""Checkpoints: full training state (Accelerate ``save_state``) written atomically, found, pruned."""
+"""Checkpoints: full training state (Accelerate ``save_state``) written atomically, verified, found, pruned.
+
+``checkpoints/step-N/`` holds the student and the loss module (``model.safetensors``), the optimizer, every
+process's RNG states, the LR scheduler and ``trainer_state.json``. That file is written last, inside a temp
+dir that is then renamed, so a killed save never leaves a half checkpoint under a final name; it also holds
+the sha256 of every other file of the checkpoint (``files``), checked on ``--resume``: a truncated or
+corrupt checkpoint is named and skipped for the one before it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,11 +20,13 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from kdkit.errors import KdkitError
-from kdkit.io import atomic_write_json
+from kdkit.errors import KdkitError, warn
+from kdkit.io import atomic_write_json, file_digest
 
 STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.pt"
+MANIFEST = "files"  # key of trainer_state.json: {relative path: sha256} of the checkpoint's other files
+_TEMP_PREFIXES = (".tmp-step-", ".old-step-")
 
 
 @dataclass
@@ -32,19 +42,56 @@ def checkpoint_dir(output_dir: Path) -> Path:
     return output_dir / "checkpoints"
 
 
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints (with a state file), oldest first."""
+def _step(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+def _step_dirs(output_dir: Path) -> list[Path]:
+    """Every ``step-N`` dir, complete or not, oldest first."""
     root = checkpoint_dir(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step-*") if p.is_dir() and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    found = [p for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return sorted(found, key=_step)
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints (with a state file), oldest first."""
+    return [p for p in _step_dirs(output_dir) if (p / STATE_FILE).is_file()]
+
+
+def _digest_and_sync(path: Path) -> str:
+    """sha256 of a file, after flushing it to disk (it is about to be published by a rename)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+        os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+def _manifest(path: Path) -> dict[str, str]:
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != STATE_FILE)
+    return {p.relative_to(path).as_posix(): _digest_and_sync(p) for p in files}
+
+
+def remove_temp_checkpoints(output_dir: Path) -> None:
+    """Delete the temp dirs a killed save left (``.tmp-step-N``, ``.old-step-N``); main process only."""
+    root = checkpoint_dir(output_dir)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(_TEMP_PREFIXES):
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def save_checkpoint(
     accelerator: Accelerator, output_dir: Path, state: TrainerState, scheduler: Any, keep: int
 ) -> Path:
-    """Save into a temp dir, then rename to ``checkpoints/step-N``: a crash leaves no half checkpoint."""
+    """Save into a temp dir, then rename to ``checkpoints/step-N``: a crash leaves no half checkpoint.
+
+    Checkpoints of later steps (left by a run that was resumed from before them, e.g. past a corrupt one)
+    are removed, then all but the newest ``keep``.
+    """
     root = checkpoint_dir(output_dir)
     final = root / f"step-{state.step}"
     tmp = root / f".tmp-step-{state.step}"
@@ -56,24 +103,79 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
-        atomic_write_json(tmp / STATE_FILE, asdict(state))  # written last: marks the checkpoint complete
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(output_dir)[:-keep]:
+        # written last, with the checksums of everything else: marks the checkpoint complete
+        atomic_write_json(tmp / STATE_FILE, {**asdict(state), MANIFEST: _manifest(tmp)})
+        if final.exists():  # the same step saved again (a resumed run): swap, never a moment without it
+            old = root / f".old-step-{state.step}"
             shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        for path in _step_dirs(output_dir):
+            if _step(path) > state.step:
+                shutil.rmtree(path, ignore_errors=True)
+        for old_checkpoint in _step_dirs(output_dir)[:-keep]:
+            shutil.rmtree(old_checkpoint, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint ``path`` cannot be resumed from (naming the file), or None when it is sound.
+
+    Checks that the state file parses and that every file in its manifest is there with its sha256.
+    Checkpoints written before manifests existed are taken as they are.
+    """
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        return f"{state_file} is missing (incomplete checkpoint)"
+    try:
+        saved = json.loads(state_file.read_text())
+        TrainerState(**{k: v for k, v in saved.items() if k != MANIFEST})
+    except (ValueError, TypeError) as err:
+        return f"{state_file} is unreadable ({str(err).splitlines()[0]})"
+    for name, digest in saved.get(MANIFEST, {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if file_digest(file) != digest:
+            return f"{file} is corrupt (sha256 mismatch)"
+    return None
+
+
+def find_resumable(output_dir: Path) -> Path | None:
+    """The newest sound checkpoint; a corrupt newer one is named in a warning and skipped. None when there
+    is no checkpoint; a KdkitError naming each when none is sound."""
+    bad = []
+    for path in reversed(_step_dirs(output_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            for skipped, why in bad:
+                warn(f"checkpoint {skipped} is unusable: {why}; resuming from {path.name} instead")
+            return path
+        bad.append((path, problem))
+    if bad:
+        raise KdkitError(
+            f"no usable checkpoint in {checkpoint_dir(output_dir)}: "
+            + "; ".join(why for _, why in bad)
+            + "; delete the checkpoints dir to start over (or pass --overwrite)"
+        )
+    return None
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, scheduler: Any) -> TrainerState:
     """Restore model, optimizer, RNG states (Accelerate) and the LR scheduler; return the trainer state."""
     try:
-        state = TrainerState(**json.loads((path / STATE_FILE).read_text()))
+        saved = json.loads((path / STATE_FILE).read_text())
+        saved.pop(MANIFEST, None)
+        state = TrainerState(**saved)
         accelerator.load_state(str(path))
         scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=False))
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise KdkitError(
-            f"checkpoint '{path}' is unreadable ({err}); delete it to resume from an earlier one"
+            f"checkpoint '{path}' is unreadable ({first}); delete it to resume from an earlier one"
         ) from None
     return state

@@ -7,12 +7,20 @@ teacher forward (no grad, eval mode; or read from the teacher cache) -> student 
 Determinism: data order is a permutation seeded by (seed, epoch), the DataLoader draws from its own
 generator, and checkpoints carry every RNG state, so N straight steps and N/2 + ``--resume`` N/2 give
 the same weights.
+
+Interruptions: a run killed at any point (even SIGKILL) and resumed ends as if it had never stopped. It
+resumes from the newest sound checkpoint (``kdkit.train.checkpoint``: a corrupt one is skipped with a
+warning); what the killed run wrote after that checkpoint is redone: its log records are dropped
+(``kdkit.train.logger``), ``best/`` is rewritten by the same evaluations, and the temp dirs of a write it
+was killed in are removed. A non-finite loss or weights stop the run before anything of that step is
+saved, so the last checkpoint stays the last good state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,8 +36,15 @@ from transformers import get_scheduler
 
 from kdkit.errors import KdkitError
 from kdkit.eval.metrics import greater_is_better
-from kdkit.io import atomic_dir
-from kdkit.train.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
+from kdkit.io import atomic_dir, remove_leftovers
+from kdkit.train.checkpoint import (
+    TrainerState,
+    find_resumable,
+    list_checkpoints,
+    load_checkpoint,
+    remove_temp_checkpoints,
+    save_checkpoint,
+)
 from kdkit.train.logger import RunLogger
 
 
@@ -110,8 +125,13 @@ def _batches(
     per_epoch = len(loader)
     epoch, skip = divmod(start, per_epoch)
     while True:
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         sampler.set_epoch(epoch)
-        yield from accelerator.skip_first_batches(loader, skip) if skip else loader
+        # Accelerate's loaders set their sampler's epoch to how often *they* were iterated: a resumed run
+        # iterates a fresh (skipping) loader first, so tell each loader the real epoch
+        if hasattr(epoch_loader, "set_epoch"):
+            epoch_loader.set_epoch(epoch)
+        yield from epoch_loader
         epoch, skip = epoch + 1, 0
 
 
@@ -162,6 +182,31 @@ def _evaluate(
                 inputs.save_student(student, tmp)
 
 
+def _remove_leftovers(out: Path) -> None:
+    """Delete what a killed run was writing when it died (temp checkpoint, best/ or final files, a log
+    rewrite, generations): never a complete file, which these writes only create by renaming."""
+    remove_temp_checkpoints(out)
+    names = ["best", ".final", "metrics.json", "trainer_state.json", "config.yaml", "README.md"]
+    remove_leftovers(out, names)
+    shutil.rmtree(out / ".final", ignore_errors=True)  # kdkit.train.run.save_final's staging dir
+    remove_leftovers(out / "logs", ["train.jsonl"])
+    for tmp in (out / "generations").glob(".*.jsonl.*"):
+        tmp.unlink(missing_ok=True)
+
+
+def _last_good(out: Path) -> str:
+    found = list_checkpoints(out)
+    return f"last good checkpoint: {found[-1]}, continue from it with --resume" if found else "no checkpoint"
+
+
+def _check_finite_weights(params: list[torch.Tensor], step: int, out: Path) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise KdkitError(
+            f"the weights are not finite after step {step} (the loss was finite); lower train.lr or use "
+            f"mixed_precision=no ({_last_good(out)})"
+        )
+
+
 def train_loop(
     inputs: LoopInputs,
     train_cfg: Any,
@@ -200,17 +245,20 @@ def train_loop(
             return teacher_outputs(inputs.loss_fn, teacher, batch)
 
     state = TrainerState()
-    checkpoints = list_checkpoints(out)
-    if resume and checkpoints:
-        state = load_checkpoint(accelerator, checkpoints[-1], scheduler)
-        accelerator.print(f"resuming from {checkpoints[-1]} (step {state.step} of {total})")
+    if accelerator.is_main_process:
+        _remove_leftovers(out)
+    accelerator.wait_for_everyone()
+    checkpoint = find_resumable(out) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint, scheduler)
+        accelerator.print(f"resuming from {checkpoint} (step {state.step} of {total})")
     elif resume:
         accelerator.print(f"--resume: no checkpoint in {out}, starting from step 0")
     if state.step >= total:
         accelerator.free_memory()
         return state, True
 
-    logger = RunLogger(out / "logs", enabled=accelerator.is_main_process)
+    logger = RunLogger(out / "logs", enabled=accelerator.is_main_process, start_step=state.step)
     stream = _batches(loader, sampler, accelerator, start=state.step * cfg.grad_accum)
     params = [p for p in trainee.parameters() if p.requires_grad]
     bar = tqdm(total=total, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
@@ -223,7 +271,7 @@ def train_loop(
         if not all(math.isfinite(v) for v in parts_sum.values()):
             raise KdkitError(
                 f"loss is {parts_sum} at step {state.step + 1}; lower train.lr or use mixed_precision=no "
-                f"(last good checkpoint: {list_checkpoints(out)[-1] if list_checkpoints(out) else 'none'})"
+                f"({_last_good(out)})"
             )
         if cfg.max_grad_norm is not None:
             accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -241,10 +289,14 @@ def train_loop(
 
         last = state.step == total
         stopped = stop_after is not None and state.step - start_step >= stop_after and not last
-        if (cfg.eval_every and state.step % cfg.eval_every == 0) or last:
+        evaluate = (cfg.eval_every and state.step % cfg.eval_every == 0) or last
+        save = (cfg.save_every and state.step % cfg.save_every == 0) or last or stopped
+        if evaluate or save:
+            _check_finite_weights(params, state.step, out)  # never save a broken state (best/, checkpoint)
+        if evaluate:
             _evaluate(inputs, accelerator.unwrap_model(trainee).student, accelerator, state, logger)
             trainee.train()
-        if (cfg.save_every and state.step % cfg.save_every == 0) or last or stopped:
+        if save:
             state.train_seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             save_checkpoint(accelerator, out, state, scheduler, cfg.keep_checkpoints)

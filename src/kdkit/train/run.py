@@ -5,6 +5,7 @@ Output dir of a run::
     config.json, model.safetensors, tokenizer files   the student, loadable by transformers as-is
     config.yaml                                       the resolved kdkit config
     metrics.json                                      final metrics (student, teacher, agreement)
+    README.md                                         model card (kdkit.report.card)
     logs/train.jsonl, logs/tb/                        training curves
     checkpoints/step-N/                               resumable state (`--resume`)
     kb/                                               ReAugKD: the knowledge base (kdkit.retrieval.kb)
@@ -12,6 +13,7 @@ Output dir of a run::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -27,8 +29,14 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from kdkit.config import Config, load_config
 from kdkit.data import Collator, DistillDataset, TaskData, encode, load_task_data, same_tokenizer
-from kdkit.errors import KdkitError
-from kdkit.eval.metrics import agreement, compute_metrics, default_best_metric, default_metrics
+from kdkit.errors import KdkitError, warn
+from kdkit.eval.metrics import (
+    agreement,
+    check_metrics,
+    compute_metrics,
+    default_best_metric,
+    default_metrics,
+)
 from kdkit.eval.predict import predict_logits, to_predictions
 from kdkit.io import atomic_dir, atomic_write_json, atomic_write_text
 from kdkit.methods import METHODS
@@ -53,15 +61,30 @@ class RunResult:
     metrics: dict[str, Any]
 
 
+def finished_run(out: Path, accelerator: Accelerator) -> RunResult:
+    """``--resume`` of a finished run (metrics.json written last): nothing to do, nothing rewritten."""
+    accelerator.print(f"{out} holds a finished run (metrics.json); nothing to resume")
+    return RunResult(out, json.loads((out / "metrics.json").read_text()))
+
+
 def prepare_output_dir(config: Config, resume: bool, overwrite: bool, main: bool) -> Path:
-    """Refuse to mix two runs in one dir: a different run there needs --overwrite (or --resume if same)."""
+    """Refuse to mix two runs in one dir: a different run there needs --overwrite (or --resume if same).
+
+    Only the main process checks and writes (the others would see its config.yaml appear); callers wait
+    for it before going on.
+    """
     out = Path(config.output_dir)
     saved = out / "config.yaml"
+    if not main:
+        return out
+    if out.exists() and not resume and not overwrite and _nothing_to_keep(out):
+        # a run that failed before its first checkpoint (e.g. a bad column): retrying it needs no flag
+        saved.unlink()
+        shutil.rmtree(out / "logs", ignore_errors=True)
     # a knowledge base built ahead by `kdkit kb build` may sit in the dir alone (ReAugKD reuses it)
     if out.exists() and any(p.name != "kb" for p in out.iterdir()):
         if overwrite:
-            if main:
-                shutil.rmtree(out)
+            shutil.rmtree(out)
         elif not resume:
             raise KdkitError(
                 f"output dir '{out}' already holds a run; pass --resume to continue it, "
@@ -72,10 +95,16 @@ def prepare_output_dir(config: Config, resume: bool, overwrite: bool, main: bool
                 f"output dir '{out}' holds a run with a different config; compare {saved} with your config, "
                 "or pass --overwrite"
             )
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, config.to_yaml())
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, config.to_yaml())
     return out
+
+
+def _nothing_to_keep(out: Path) -> bool:
+    """True when ``out`` holds only what a run writes before its first checkpoint (its config.yaml and
+    logs) besides a knowledge base: nothing a restart would lose."""
+    names = {p.name for p in out.iterdir()}
+    return "config.yaml" in names and names <= {"config.yaml", "logs", "kb"}
 
 
 def make_accelerator(config: Config) -> Accelerator:
@@ -110,7 +139,13 @@ def _multi_cpu() -> bool:
 
 
 def _datasets(
-    data: TaskData, student_tok: Any, teacher_tok: Any | None, s_len: int, t_len: int, splits: list[str]
+    data: TaskData,
+    student_tok: Any,
+    teacher_tok: Any | None,
+    s_len: int,
+    t_len: int,
+    splits: list[str],
+    length_key: str = "student.max_length",
 ) -> tuple[dict[str, DistillDataset], bool, dict[str, int]]:
     shared = teacher_tok is None or same_tokenizer(student_tok, teacher_tok)
     sets, truncated = {}, {}
@@ -122,7 +157,17 @@ def _datasets(
             t_enc = s_enc if shared and t_len == s_len else encode(split, teacher_tok, t_len)
         sets[name] = DistillDataset(split, s_enc, t_enc)
         truncated[name] = s_enc.num_truncated
+        report_truncation(name, s_enc.num_truncated, len(split), length_key, s_len)
     return sets, shared, truncated
+
+
+def report_truncation(split: str, truncated: int, total: int, key: str, limit: int) -> None:
+    """Say how many examples were cut to fit ``key`` (they are also counted in metrics.json)."""
+    if truncated:
+        warn(
+            f"{truncated} of {total} {split} examples are longer than {key}={limit} tokens and were truncated "
+            f"(counted under 'truncated' in metrics.json); raise {key} to keep them whole"
+        )
 
 
 def save_model(model: PreTrainedModel, tokenizer: Any, path: Path) -> None:
@@ -164,6 +209,10 @@ def run(
         )
     data = load_task_data(config.data, task)
     label_names = data.label_names
+    metric_names = config.eval.metrics or default_metrics(task, data.num_labels)
+    train_for_best = config.teacher.finetune if kind == "finetune" and which == "teacher" else None
+    best_metric = (train_for_best or config.train).best_metric or default_best_metric(task)
+    check_metrics(task, [*metric_names, best_metric], data.num_labels)  # before any training, not after
     if kind == "finetune" and which == "teacher":
         if not config.teacher.model:
             raise KdkitError("teacher.model is not set; name a hub id, a local dir or an asset (`kdkit ls`)")
@@ -174,6 +223,9 @@ def run(
         teacher_name = resolve_teacher(config, accelerator)  # fine-tunes and caches it when asked
         model_cfg, train_cfg = config.student, config.train
     out = prepare_output_dir(config, resume, overwrite, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    if resume and (out / "metrics.json").is_file():
+        return finished_run(out, accelerator)
     set_seed(train_cfg.seed)  # the head of a base model is initialised now: seeded
     student, student_layers = build_student(model_cfg, teacher_name, task, label_names)
     student_tok = load_tokenizer(model_cfg.tokenizer or model_cfg.model or teacher_name)
@@ -194,6 +246,7 @@ def run(
         model_cfg.max_length,
         config.teacher.max_length,
         list(dict.fromkeys(splits)),
+        f"{which}.max_length",
     )
     collate = Collator(
         student_tok.pad_token_id, teacher_tok.pad_token_id if teacher_tok else None, task == "regression"
@@ -221,8 +274,6 @@ def run(
     else:
         loss_fn = TaskLoss(task)
 
-    metric_names = config.eval.metrics or default_metrics(task, data.num_labels)
-    best_metric = train_cfg.best_metric or default_best_metric(task)
     eval_loaders = {
         s: _loader(sets[s], collate, config.eval.batch_size, accelerator) for s in sets if s != "train"
     }
@@ -248,7 +299,7 @@ def run(
     if train_cfg.load_best and best.is_dir():
         loaded = AutoModelForSequenceClassification.from_pretrained(best)
         student.load_state_dict(loaded.state_dict())
-    metrics = run_summary(kind, config, student, state, truncated)
+    metrics = run_summary(kind, config, student, state, truncated, which=which)
     if augmented:
         metrics["augmented"] = augmented
     final_loaders = {s: loader for s, loader in eval_loaders.items() if s in config.eval.splits}
@@ -267,10 +318,16 @@ def run(
 
 
 def run_summary(
-    kind: str, config: Config, student: nn.Module, state: Any, truncated: dict[str, int]
+    kind: str,
+    config: Config,
+    student: nn.Module,
+    state: Any,
+    truncated: dict[str, int],
+    which: str = "student",
 ) -> dict[str, Any]:
-    """The head of metrics.json: what ran, how big, how long, and how many inputs were truncated."""
-    return {
+    """The head of metrics.json: what ran, how big, how long, and how many inputs were truncated
+    (fine-tuning also says ``which`` model of the config it trained: teacher or student)."""
+    summary = {
         "kind": kind,
         "method": config.method.name if kind == "distill" else "finetune",
         "parameters": count_parameters(student),
@@ -279,6 +336,9 @@ def run_summary(
         "train_seconds": round(state.train_seconds, 2),
         "truncated": truncated,
     }
+    if kind == "finetune":
+        summary["which"] = which
+    return summary
 
 
 def final_metrics(
@@ -312,15 +372,19 @@ def save_final(
     out: Path, student: PreTrainedModel, tokenizer: Any, metrics: dict[str, Any], state: Any
 ) -> None:
     """Write the student beside a temp name, move each file over the old one, then metrics.json last
-    (its presence marks a finished run)."""
+    (its presence marks a finished run), then remove best/."""
     with atomic_dir(out / ".final") as tmp:
         save_model(student, tokenizer, tmp)
     for item in (out / ".final").iterdir():
         item.replace(out / item.name)  # atomic per file
     (out / ".final").rmdir()
-    shutil.rmtree(out / "best", ignore_errors=True)
     atomic_write_json(out / "trainer_state.json", asdict(state))
+    from kdkit.report.card import write_model_card
+
+    write_model_card(out, metrics)  # README.md: method, paper, teacher, data, metrics, command, versions
     atomic_write_json(out / "metrics.json", metrics)
+    # only now: a run killed before metrics.json is resumed (--resume) and reloads best/ again
+    shutil.rmtree(out / "best", ignore_errors=True)
 
 
 def _augment(

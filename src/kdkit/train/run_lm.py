@@ -21,6 +21,7 @@ from kdkit.data.lm import LMCollator, LMDataset, encode_lm, load_lm_data
 from kdkit.errors import KdkitError
 from kdkit.eval.lm import perplexity
 from kdkit.eval.lm_evaluate import eval_sets, lm_loader, lm_metrics
+from kdkit.eval.metrics import check_metrics
 from kdkit.methods import METHODS
 from kdkit.methods.base import LossContext
 from kdkit.methods.lm_base import LMTaskLoss
@@ -60,11 +61,20 @@ def run_lm(
     overwrite: bool,
     stop_after: int | None,
 ) -> Any:
-    from kdkit.train.run import RunResult, prepare_output_dir, run_summary, save_final, save_model
+    from kdkit.train.run import (
+        RunResult,
+        finished_run,
+        prepare_output_dir,
+        report_truncation,
+        run_summary,
+        save_final,
+        save_model,
+    )
 
     if kind == "distill":
         METHODS.get(config.method.name).check(config.method, "causal_lm")  # before any loading
     data = load_lm_data(config.data)
+    check_metrics("causal_lm", [config.train.best_metric or "perplexity"], 0)  # before any training
     if config.teacher.finetune is not None:
         raise KdkitError(
             "teacher.finetune is for classifiers; for causal_lm fine-tune the teacher with "
@@ -81,6 +91,9 @@ def run_lm(
         if not teacher_name and not model_cfg.model:
             raise KdkitError("set teacher.model (and student.layers / num_layers) or student.model")
     out = prepare_output_dir(config, resume, overwrite, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    if resume and (out / "metrics.json").is_file():
+        return finished_run(out, accelerator)
     set_seed(train_cfg.seed)
     student, student_layers = build_lm_student(model_cfg, teacher_name or model_cfg.model)
     tokenizer = lm_tokenizer(load_tokenizer(model_cfg.tokenizer or model_cfg.model or teacher_name))
@@ -113,6 +126,7 @@ def run_lm(
             accelerator=accelerator,
         )
     train_enc = encode_lm(train_split, tokenizer, max_length, config.data.chat_template)
+    report_truncation("train", train_enc.num_truncated, len(train_enc), f"{which}.max_length", max_length)
     collate = LMCollator(tokenizer.pad_token_id)
 
     cache = None
@@ -164,7 +178,7 @@ def run_lm(
     best = out / "best"
     if train_cfg.load_best and best.is_dir():
         student.load_state_dict(AutoModelForCausalLM.from_pretrained(best).state_dict())
-    metrics = run_summary(kind, config, student, state, {"train": train_enc.num_truncated})
+    metrics = run_summary(kind, config, student, state, {"train": train_enc.num_truncated}, which=which)
     metrics.update(final_lm_metrics(student, teacher, tokenizer, data, config, accelerator, vocab, out))
     if accelerator.is_main_process:
         save_final(out, student, tokenizer, metrics, state)
