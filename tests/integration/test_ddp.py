@@ -128,14 +128,3 @@ def test_cache_and_kb_build_split_the_teacher_pass(teacher0: Path, tiny_csv: Pat
     torch.testing.assert_close(ddp_kb.keys, single_kb.keys, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ddp_kb.soft_labels, single_kb.soft_labels)
     assert AutoConfig.from_pretrained(teacher0).hidden_dropout_prob == 0.0
-
-
-@pytest.mark.parametrize("flag", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_sharded_launchers_are_refused_until_supported(flag: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kdkit.config import load_config
-    from kdkit.errors import KdkitError
-    from kdkit.train.run import make_accelerator
-
-    monkeypatch.setenv(flag, "true")
-    with pytest.raises(KdkitError, match="not supported by kdkit yet; launch plain DDP"):
-        make_accelerator(load_config({}))

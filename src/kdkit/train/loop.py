@@ -46,6 +46,7 @@ from kdkit.train.checkpoint import (
     save_checkpoint,
 )
 from kdkit.train.logger import RunLogger
+from kdkit.train.sharding import whole_student
 
 
 class EpochSampler(Sampler[int]):
@@ -72,6 +73,8 @@ class Trainee(nn.Module):
         super().__init__()
         self.student = student
         self.loss_fn = loss_fn
+        # FSDP's transformer-based wrap policy reads the blocks to shard by from the model it is given
+        self._no_split_modules = getattr(student, "_no_split_modules", None)
 
     def forward(self, batch: dict[str, Any], teacher_out: Any) -> Any:
         return self.loss_fn(student_outputs(self.loss_fn, self.student, batch), teacher_out, batch)
@@ -166,9 +169,10 @@ def _accumulate(
 
 
 def _evaluate(
-    inputs: LoopInputs, student: nn.Module, accelerator: Accelerator, state: TrainerState, logger: RunLogger
+    inputs: LoopInputs, trainee: nn.Module, accelerator: Accelerator, state: TrainerState, logger: RunLogger
 ) -> None:
     """Validation metrics to the logs; a new best (by inputs.best_metric) is saved to output_dir/best."""
+    student = whole_student(accelerator, trainee, inputs.student)  # gathered under FSDP/DeepSpeed
     metrics = inputs.evaluate(student, accelerator)
     logger.log(state.step, {f"eval/{k}": v for k, v in metrics.items()})
     value = metrics.get(inputs.best_metric)
@@ -200,7 +204,9 @@ def _last_good(out: Path) -> str:
 
 
 def _check_finite_weights(params: list[torch.Tensor], step: int, out: Path) -> None:
-    if not all(bool(torch.isfinite(p).all()) for p in params):
+    # FSDP2 holds DTensors: each process checks its own shard (a NaN anywhere stops the process holding it)
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in params]
+    if not all(bool(torch.isfinite(p).all()) for p in local):
         raise KdkitError(
             f"the weights are not finite after step {step} (the loss was finite); lower train.lr or use "
             f"mixed_precision=no ({_last_good(out)})"
@@ -214,8 +220,10 @@ def train_loop(
     *,
     resume: bool = False,
     stop_after: int | None = None,
-) -> tuple[TrainerState, bool]:
-    """Train ``inputs.student`` in place; returns the state and whether all steps are done."""
+) -> tuple[TrainerState, bool, nn.Module]:
+    """Train ``inputs.student``; returns the state, whether all steps are done, and the trained student
+    as one plain module (``inputs.student`` itself, or under FSDP/DeepSpeed a copy gathered from the
+    shards: use it, not ``inputs.student``, for the final evaluation and save)."""
     cfg = train_cfg
     out = inputs.output_dir
     trainee = Trainee(inputs.student, inputs.loss_fn)
@@ -255,8 +263,9 @@ def train_loop(
     elif resume:
         accelerator.print(f"--resume: no checkpoint in {out}, starting from step 0")
     if state.step >= total:
+        student = whole_student(accelerator, trainee, inputs.student)
         accelerator.free_memory()
-        return state, True
+        return state, True, student
 
     logger = RunLogger(out / "logs", enabled=accelerator.is_main_process, start_step=state.step)
     stream = _batches(loader, sampler, accelerator, start=state.step * cfg.grad_accum)
@@ -294,7 +303,7 @@ def train_loop(
         if evaluate or save:
             _check_finite_weights(params, state.step, out)  # never save a broken state (best/, checkpoint)
         if evaluate:
-            _evaluate(inputs, accelerator.unwrap_model(trainee).student, accelerator, state, logger)
+            _evaluate(inputs, trainee, accelerator, state, logger)
             trainee.train()
         if save:
             state.train_seconds += time.perf_counter() - t0
@@ -307,5 +316,6 @@ def train_loop(
     logger.close()
     state.train_seconds += time.perf_counter() - t0
     accelerator.wait_for_everyone()
+    student = whole_student(accelerator, trainee, inputs.student)
     accelerator.free_memory()  # the accelerator may train another model next (e.g. teacher, then student)
-    return state, not stopped
+    return state, not stopped, student

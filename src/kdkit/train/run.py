@@ -50,6 +50,7 @@ from kdkit.models import (
     load_tokenizer,
 )
 from kdkit.train.loop import LoopInputs, train_loop
+from kdkit.train.sharding import check_launch
 from kdkit.train.teacher import resolve_teacher
 
 log = logging.getLogger(__name__)
@@ -108,14 +109,10 @@ def _nothing_to_keep(out: Path) -> bool:
 
 
 def make_accelerator(config: Config) -> Accelerator:
-    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(flag, "false").lower() == "true":
-            # Not yet: saving and evaluating a sharded student needs its full state dict gathered first, and
-            # Accelerate runs FSDP/DeepSpeed on GPUs only (on CPUs it would silently fall back to DDP).
-            raise KdkitError(
-                f"{name} is not supported by kdkit yet; launch plain DDP instead "
-                "(`accelerate launch --multi_gpu --num_processes N -m kdkit.cli ...`)"
-            )
+    """The run's Accelerator: one process, DDP, or (on GPUs) FSDP / DeepSpeed ZeRO, as launched."""
+    for train in (config.train, config.teacher.finetune):
+        if train is not None:
+            check_launch(train.grad_accum, train.max_grad_norm)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     from accelerate.state import AcceleratorState
@@ -291,7 +288,9 @@ def run(
         out, student, loss_fn, teacher, sets["train"], collate, evaluate, best_metric, save_student,
         teacher_cache=cache,
     )  # fmt: skip
-    state, finished = train_loop(inputs, train_cfg, accelerator, resume=resume, stop_after=stop_after)
+    state, finished, student = train_loop(
+        inputs, train_cfg, accelerator, resume=resume, stop_after=stop_after
+    )
     if not finished:
         return RunResult(out, {"stopped_at_step": state.step})
 

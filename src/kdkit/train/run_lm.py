@@ -171,7 +171,9 @@ def run_lm(
         prepare,
         teacher_cache=cache,
     )
-    state, finished = train_loop(inputs, train_cfg, accelerator, resume=resume, stop_after=stop_after)
+    state, finished, student = train_loop(
+        inputs, train_cfg, accelerator, resume=resume, stop_after=stop_after
+    )
     if not finished:
         return RunResult(out, {"stopped_at_step": state.step})
 
