@@ -1,7 +1,8 @@
 """FAISS knowledge-base indexes at scale: exact (flat inner product) vs IVF, on synthetic unit vectors.
 
     python benchmarks/faiss_kb.py [--sizes 100000 1000000 10000000] [--dim 384] [--queries 1000]
-                                  [--nprobe 16] [--max-nlist 4096] [--threads 2]
+                                  [--nprobe 16] [--max-nlist 4096] [--threads 2] [--singles 200]
+                                  [--prealloc auto|always|never]
 
 Vectors: a mixture of 10,000 Gaussian clusters (random unit centres, noise of norm ~1 per vector, so two
 vectors of a cluster have cosine ~0.5 and of different clusters ~0), L2-normalised, like sentence embeddings (pure isotropic noise has no neighbourhood structure, the worst
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import time
@@ -41,17 +43,19 @@ class Mixture:
         rng = np.random.default_rng((self.seed, i))
         x = self.centres[rng.integers(0, len(self.centres), n)]
         x = x + (self.noise / np.sqrt(self.dim)) * rng.standard_normal((n, self.dim)).astype(np.float32)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+        # float64 by NumPy's promotion (noise / sqrt(dim) is a float64 scalar); FAISS takes float32, which
+        # ``add`` converted to: convert here so that every path stores the same values
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     def vectors(self, n: int):
         for i, start in enumerate(range(0, n, CHUNK)):
             yield self.chunk(i, min(CHUNK, n - start))
 
 
-def _latency(index, queries: np.ndarray, k: int = 10) -> tuple[float, float]:
-    """(median ms of a single query, ms per query at batch 64)."""
+def _latency(index, queries: np.ndarray, singles_n: int, k: int = 10) -> tuple[float, float]:
+    """(median ms of ``singles_n`` single queries, ms per query at batch 64)."""
     singles = []
-    for q in queries[:200]:
+    for q in queries[:singles_n]:
         t0 = time.perf_counter()
         index.search(q[None], k)
         singles.append(time.perf_counter() - t0)
@@ -63,18 +67,76 @@ def _latency(index, queries: np.ndarray, k: int = 10) -> tuple[float, float]:
     return 1000 * statistics.median(singles), 1000 * statistics.median(batches)
 
 
+def _preallocate(n: int, args: argparse.Namespace) -> bool:
+    """Fill preallocated index storage instead of ``add``: FAISS grows its storage by doubling, so at 10M
+    x 384 (15 GB) the old and the new buffer (8 + 16 GB) no longer fit in 24 GB. Same index, same search."""
+    if args.prealloc != "auto":
+        return args.prealloc == "always"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return n * args.dim * 4 > ram / 3
+
+
+def _flat_prealloc(n: int, dim: int, mix: Mixture, faiss):
+    """An IndexFlatIP whose vector storage is sized once and filled chunk by chunk."""
+    flat = faiss.IndexFlatIP(dim)
+    flat.codes.resize(n * dim * 4)
+    storage = faiss.rev_swig_ptr(flat.codes.data(), n * dim * 4).view(np.float32).reshape(n, dim)
+    start = 0
+    for x in mix.vectors(n):
+        storage[start : start + len(x)] = x
+        start += len(x)
+    flat.ntotal = n
+    return flat
+
+
+def _ivf_prealloc(ivf, n: int, mix: Mixture, faiss) -> float:
+    """Fill a trained IndexIVFFlat like ``add`` does (nearest centroid, ids 0..n-1 in order), with every
+    list sized once: a first pass assigns and counts, a second pass writes. Returns the seconds the second
+    pass spent regenerating the vectors (not index work: the caller leaves it out of the build time)."""
+    assign = np.empty(n, dtype=np.int64)
+    start = 0
+    for x in mix.vectors(n):
+        assign[start : start + len(x)] = ivf.quantizer.search(x, 1)[1][:, 0]
+        start += len(x)
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    for list_no, count in enumerate(np.bincount(assign, minlength=ivf.nlist).tolist()):
+        lists.resize(list_no, count)
+    filled = np.zeros(ivf.nlist, dtype=np.int64)
+    start, regenerate = 0, 0.0
+    for i, size in enumerate(min(CHUNK, n - s) for s in range(0, n, CHUNK)):
+        t0 = time.perf_counter()
+        x = mix.chunk(i, size)
+        regenerate += time.perf_counter() - t0
+        a = assign[start : start + size]
+        order = np.argsort(a, kind="stable")
+        bounds = np.flatnonzero(np.diff(a[order])) + 1
+        for rows in np.split(order, bounds):
+            list_no = int(a[rows[0]])
+            ids = np.ascontiguousarray(rows + start, dtype=np.int64)
+            codes = np.ascontiguousarray(x[rows]).view(np.uint8)
+            lists.update_entries(
+                list_no, int(filled[list_no]), len(rows), faiss.swig_ptr(ids), faiss.swig_ptr(codes)
+            )
+            filled[list_no] += len(rows)
+        start += size
+    ivf.ntotal = n
+    return regenerate
+
+
 def bench_size(n: int, args: argparse.Namespace, faiss) -> list[str]:
     mix = Mixture(args.dim)
     queries = Mixture(args.dim, seed=0).chunk(10_000_019, args.queries)  # a stream index no base chunk uses
     rows = []
 
+    prealloc = _preallocate(n, args)
     t0 = time.perf_counter()
-    flat = faiss.IndexFlatIP(args.dim)
-    for x in mix.vectors(n):
-        flat.add(x)
+    flat = _flat_prealloc(n, args.dim, mix, faiss) if prealloc else faiss.IndexFlatIP(args.dim)
+    if not prealloc:
+        for x in mix.vectors(n):
+            flat.add(x)
     build, mem = time.perf_counter() - t0, flat.ntotal * flat.code_size
     _, truth = flat.search(queries, 10)
-    one, per = _latency(flat, queries)
+    one, per = _latency(flat, queries, args.singles)
     rows.append(f"| {n:,} | exact (flat) | {build:.1f} | {mem / 2**30:.2f} | {one:.2f} | {per:.3f} | 1.000 |")
     print(rows[-1], flush=True)
     del flat
@@ -86,14 +148,18 @@ def bench_size(n: int, args: argparse.Namespace, faiss) -> list[str]:
     train = np.concatenate([c for c, _ in zip(mix.vectors(64 * nlist), range(10**9), strict=False)])
     ivf.train(train[: 64 * nlist])
     del train
-    for x in mix.vectors(n):
-        ivf.add(x)
-    build = time.perf_counter() - t0
+    regenerate = 0.0
+    if prealloc:
+        regenerate = _ivf_prealloc(ivf, n, mix, faiss)
+    else:
+        for x in mix.vectors(n):
+            ivf.add(x)
+    build = time.perf_counter() - t0 - regenerate
     mem = ivf.ntotal * (ivf.code_size + 8) + nlist * args.dim * 4  # codes + ids per vector, centroids
     ivf.nprobe = args.nprobe
     _, ids = ivf.search(queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), truth.tolist(), strict=True)])
-    one, per = _latency(ivf, queries)
+    one, per = _latency(ivf, queries, args.singles)
     rows.append(
         f"| {n:,} | IVF ({nlist:,} lists, nprobe {args.nprobe}) | {build:.1f} | {mem / 2**30:.2f} | {one:.2f} | "
         f"{per:.3f} | {recall:.3f} |"
@@ -112,6 +178,13 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--max-nlist", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--singles", type=int, default=200, help="single queries timed (median reported)")
+    parser.add_argument(
+        "--prealloc",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="fill preallocated index storage (auto: when the vectors exceed a third of the RAM)",
+    )
     args = parser.parse_args()
 
     import faiss
