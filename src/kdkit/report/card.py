@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from kdkit.assets import ASSETS
 from kdkit.config import Config, load_config
 from kdkit.io import atomic_write_text
 from kdkit.structured import to_dict
@@ -29,12 +30,6 @@ log = logging.getLogger(__name__)
 
 # The command line of this process when it is the `kdkit` CLI (set by kdkit.cli.main), else None.
 COMMAND: list[str] | None = None
-
-# Hub ids of the packaged model assets (`kdkit ls`), for the card's base_model.
-ASSET_HUB_IDS = {
-    "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
-    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
-}
 SOFTWARE = ("kdkit", "torch", "transformers", "accelerate")
 
 
@@ -42,6 +37,12 @@ def record_command(argv: Sequence[str] | None = None) -> None:
     """Remember the CLI command of this process (``argv`` as given to ``main``, else ``sys.argv[1:]``)."""
     global COMMAND
     COMMAND = ["kdkit", *(sys.argv[1:] if argv is None else argv)]
+
+
+def clear_command() -> None:
+    """Forget the recorded command (a later Python API call in this process is not that command)."""
+    global COMMAND
+    COMMAND = None
 
 
 def command_line(kind: str) -> str:
@@ -55,8 +56,8 @@ def hub_id(name: str | None) -> str | None:
     """A hub id for ``name`` (an asset's, or ``name`` itself when it looks like one), else None."""
     if not name:
         return None
-    if name in ASSET_HUB_IDS:
-        return ASSET_HUB_IDS[name]
+    if name in ASSETS:
+        return ASSETS[name].hub_id
     if name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists():
         return name
     return None

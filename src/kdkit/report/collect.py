@@ -17,6 +17,7 @@ from typing import Any
 from kdkit.config import Config, load_config
 from kdkit.errors import KdkitError
 from kdkit.eval.metrics import default_best_metric
+from kdkit.train.checkpoint import checkpoint_step, step_dirs
 
 CURVE_PREFIXES = ("train/", "eval/")
 # top-level keys of metrics.json that hold per-split metrics but are not the student's own splits
@@ -114,12 +115,8 @@ def read_run(path: str | Path) -> Run:
     if not config_file.is_file():
         raise KdkitError(f"'{run_dir}' is not a kdkit run dir (no config.yaml); {hint}")
     if not metrics_file.is_file():
-        steps = sorted(
-            int(p.name.split("-")[1])
-            for p in (run_dir / "checkpoints").glob("step-*")
-            if p.name.split("-")[1].isdigit()
-        )
-        last = f", last checkpoint at step {steps[-1]}" if steps else ""
+        steps = step_dirs(run_dir)
+        last = f", last checkpoint at step {checkpoint_step(steps[-1])}" if steps else ""
         raise KdkitError(
             f"run '{run_dir}' is unfinished (no metrics.json{last}); finish it by rerunning its "
             f"`kdkit distill`/`finetune` command with --resume (config: {config_file}), or leave it out"

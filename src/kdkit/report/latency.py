@@ -59,14 +59,12 @@ def load_for_timing(name: str, task: str) -> nn.Module:
     for timing, so a base encoder gets a fresh head)."""
     from transformers import AutoModelForSequenceClassification
 
-    from kdkit.models import load_causal_lm, resolve_model_name
+    from kdkit.models import load_causal_lm
+    from kdkit.models.load import _from_pretrained
 
     if task == "causal_lm":
         return load_causal_lm(name, dtype=torch.float32)
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(resolve_model_name(name))
-    except OSError as err:
-        raise KdkitError(f"could not load model '{name}': {str(err).splitlines()[0][:200]}") from None
+    return _from_pretrained(AutoModelForSequenceClassification, name)
 
 
 @dataclass

@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from kdkit.errors import KdkitError
-from kdkit.io import atomic_write_json, atomic_write_text, file_digest, publish
+from kdkit.io import atomic_write_json, atomic_write_text, file_digest, publish, remove_leftovers
 from kdkit.losses.topk import TopKTeacher
 
 CACHE_VERSION = 1
@@ -76,10 +76,7 @@ def write_shard(
 def remove_temp_files(root: Path) -> None:
     """Delete the temp files that writes killed mid-way left in ``root`` (``.shard-*``, ``.meta.json.*``,
     ...): atomic writes create the final names only by renaming, so these are never complete files."""
-    if root.is_dir():
-        for path in root.glob(".*"):
-            if path.is_file() and path.name.startswith((".shard-", f".{META}.", ".building.json.")):
-                path.unlink(missing_ok=True)
+    remove_leftovers(root, ["shard-*", META, "building.json"])
 
 
 def read_meta(root: Path) -> dict[str, Any]:

@@ -9,7 +9,6 @@ corrupt checkpoint is named and skipped for the one before it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import torch
 from accelerate import Accelerator
 
 from kdkit.errors import KdkitError, warn
-from kdkit.io import atomic_write_json, file_digest
+from kdkit.io import atomic_write_json, file_digest, fsync_file
 
 STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.pt"
@@ -42,37 +41,29 @@ def checkpoint_dir(output_dir: Path) -> Path:
     return output_dir / "checkpoints"
 
 
-def _step(path: Path) -> int:
+def checkpoint_step(path: Path) -> int:
     return int(path.name.split("-")[1])
 
 
-def _step_dirs(output_dir: Path) -> list[Path]:
+def step_dirs(output_dir: Path) -> list[Path]:
     """Every ``step-N`` dir, complete or not, oldest first."""
     root = checkpoint_dir(output_dir)
     if not root.is_dir():
         return []
     found = [p for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
-    return sorted(found, key=_step)
+    return sorted(found, key=checkpoint_step)
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints (with a state file), oldest first."""
-    return [p for p in _step_dirs(output_dir) if (p / STATE_FILE).is_file()]
-
-
-def _digest_and_sync(path: Path) -> str:
-    """sha256 of a file, after flushing it to disk (it is about to be published by a rename)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-        os.fsync(f.fileno())
-    return h.hexdigest()
+    return [p for p in step_dirs(output_dir) if (p / STATE_FILE).is_file()]
 
 
 def _manifest(path: Path) -> dict[str, str]:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != STATE_FILE)
-    return {p.relative_to(path).as_posix(): _digest_and_sync(p) for p in files}
+    for p in files:  # on disk before the rename publishes them
+        fsync_file(p)
+    return {p.relative_to(path).as_posix(): file_digest(p) for p in files}
 
 
 def remove_temp_checkpoints(output_dir: Path) -> None:
@@ -113,13 +104,19 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        for path in _step_dirs(output_dir):
-            if _step(path) > state.step:
+        for path in step_dirs(output_dir):
+            if checkpoint_step(path) > state.step:
                 shutil.rmtree(path, ignore_errors=True)
-        for old_checkpoint in _step_dirs(output_dir)[:-keep]:
+        for old_checkpoint in step_dirs(output_dir)[:-keep]:
             shutil.rmtree(old_checkpoint, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _read_state(path: Path) -> TrainerState:
+    """The trainer state of checkpoint ``path`` (its state file, less the manifest)."""
+    saved = json.loads((path / STATE_FILE).read_text())
+    return TrainerState(**{k: v for k, v in saved.items() if k != MANIFEST})
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -132,11 +129,10 @@ def checkpoint_problem(path: Path) -> str | None:
     if not state_file.is_file():
         return f"{state_file} is missing (incomplete checkpoint)"
     try:
-        saved = json.loads(state_file.read_text())
-        TrainerState(**{k: v for k, v in saved.items() if k != MANIFEST})
+        _read_state(path)
     except (ValueError, TypeError) as err:
         return f"{state_file} is unreadable ({str(err).splitlines()[0]})"
-    for name, digest in saved.get(MANIFEST, {}).items():
+    for name, digest in json.loads(state_file.read_text()).get(MANIFEST, {}).items():
         file = path / name
         if not file.is_file():
             return f"{file} is missing"
@@ -149,7 +145,7 @@ def find_resumable(output_dir: Path) -> Path | None:
     """The newest sound checkpoint; a corrupt newer one is named in a warning and skipped. None when there
     is no checkpoint; a KdkitError naming each when none is sound."""
     bad = []
-    for path in reversed(_step_dirs(output_dir)):
+    for path in reversed(step_dirs(output_dir)):
         problem = checkpoint_problem(path)
         if problem is None:
             for skipped, why in bad:
@@ -168,9 +164,7 @@ def find_resumable(output_dir: Path) -> Path | None:
 def load_checkpoint(accelerator: Accelerator, path: Path, scheduler: Any) -> TrainerState:
     """Restore model, optimizer, RNG states (Accelerate) and the LR scheduler; return the trainer state."""
     try:
-        saved = json.loads((path / STATE_FILE).read_text())
-        saved.pop(MANIFEST, None)
-        state = TrainerState(**saved)
+        state = _read_state(path)
         accelerator.load_state(str(path))
         scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=False))
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
