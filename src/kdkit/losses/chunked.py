@@ -10,7 +10,10 @@ intermediates, not the batch's (the approach of Liger-Kernel's fused linear loss
 KD loss, here with recomputation rather than gradients computed in the forward pass).
 
 Cost: each student and teacher LM-head matmul runs once more in backward (ATKD: the teacher's twice more,
-as the hard/easy split needs the teacher's uncertainty of every counted token before any loss term).
+as the hard/easy split needs the teacher's uncertainty of every counted token before any loss term), except
+in the last chunk: it runs without checkpointing, since autograd runs its backward first (the newest nodes
+first) and frees what it saved before any other chunk is recomputed, so the peak stays that of one chunk.
+A batch whose counted tokens fit in one chunk therefore recomputes nothing.
 
 The values equal those of the public functions (``forward_kl`` etc., ``atkd_loss``) on the full logits
 ``hidden @ W[:vocab_size].T``, up to float summation order; so do the gradients.
@@ -152,9 +155,13 @@ def _run_chunks(
         part = slice(start, start + chunk_size)
         args = (student.rows[part], student.weight, student.bias, *(x[part] for x in extras))
         # Non-reentrant checkpoint keeps only these inputs (views of already-held tensors) and recomputes
-        # fn's (c, V) intermediates in backward; no RNG is involved, so its state is not saved.
+        # fn's (c, V) intermediates in backward; no RNG is involved, so its state is not saved. The last
+        # chunk keeps its intermediates: its backward runs first (module docstring).
+        last = start + chunk_size >= n
         sums = (
-            checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False) if recompute else fn(*args)
+            checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
+            if recompute and not last
+            else fn(*args)
         )
         totals = list(sums) if totals is None else [a + b for a, b in zip(totals, sums, strict=True)]
     assert totals is not None

@@ -21,7 +21,14 @@ other tokens
 With k = V both give the dense loss (a test checks every divergence and ATKD). ATKD's split uses the
 teacher's exact ``UnC = 1 - p_g`` from the stored target log-probability.
 
-The teacher is rebuilt chunk by chunk (``chunk_size`` counted tokens at a time), so peak memory is that of
+How it is computed: with ``tail="student"`` and a non-empty tail, the losses never build the (c, V) teacher.
+They coarse-grain both sides to k + 1 classes (the top-k tokens and the tail; for ATKD also the target)
+and apply the same divergence to those: the student side needs one ``logsumexp`` over the vocabulary and
+one over its tail tokens. This gives the values and gradients of the rebuilt-teacher computation
+(``dense_teacher``, kept as the reference; a test compares the two) at a fraction of the (c, V) work.
+``tail="uniform"``, and a tail emptied by k = V, use the rebuilt teacher.
+
+Everything runs chunk by chunk (``chunk_size`` counted tokens at a time), so peak memory is at most that of
 the chunked live-teacher loss; the student side is the same hidden states + LM head (or full logits).
 """
 
@@ -34,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdkit.errors import KdkitError
-from kdkit.losses.atkd import _check_atkd_options, _decoupled_tokens, _hard_split
+from kdkit.losses.atkd import _binary_kl, _check_atkd_options, _decoupled_tokens, _hard_split
 from kdkit.losses.chunked import _as_user_error, _chunk_logits, _counted_targets, _Head, _run_chunks
 from kdkit.losses.divergences import DIVERGENCES, _counted_index, token_divergence
 
@@ -127,6 +134,62 @@ def _logits(hs: Tensor, ws: Tensor | None, bs: Tensor | None) -> Tensor:
     return hs.float() if ws is None else _chunk_logits(hs, ws, bs)
 
 
+def _student_classes(z: Tensor, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The student coarse-grained: log q of the top-k ids (c, k), of the tail (c, 1), and logsumexp(z) (c, 1).
+
+    ``z`` is (c, V) logits / T; the tail is every token that is not among ``idx`` (nor ``targets``, (c,)).
+    """
+    lse = z.logsumexp(-1, keepdim=True)  # (c, 1)
+    rest = z.scatter(-1, idx, float("-inf"))  # (c, V): the tail tokens only
+    if targets is not None:
+        rest.scatter_(-1, targets.unsqueeze(-1), float("-inf"))
+    return z.gather(-1, idx) - lse, rest.logsumexp(-1, keepdim=True) - lse, lse
+
+
+def _merged_decoupled(
+    z: Tensor, idx: Tensor, lp_top: Tensor, lp_target: Tensor, g: Tensor, reverse: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token (TKD, DKD) (n,) each, and logsumexp(z) (c, 1), over the classes (top-k, target, tail).
+
+    ``z``: (c, V) student logits / T; ``idx``/``lp_top``: (c, k) the teacher's top-k; ``lp_target``: (c,)
+    its exact target log-probability, used when the target ``g`` (c,) is not among the top-k (as
+    ``dense_teacher`` does). The teacher's classes are renormalised together, as the dense rebuild is.
+    """
+    k = idx.shape[1]
+    is_g = idx == g.unsqueeze(-1)  # (c, k)
+    inside = is_g.any(-1)  # (c,) the target is one of the top-k
+    lq_top, lq_tail, lse = _student_classes(z, idx, g)
+    lq_g = z.gather(-1, g.unsqueeze(-1)).squeeze(-1) - lse.squeeze(-1)  # (c,)
+    # teacher columns (c, k + 2): top-k, the target when it is outside them, the tail mass
+    lp_out = lp_target.masked_fill(inside, float("-inf"))
+    known = lp_top.exp().sum(-1) + lp_out.exp()
+    lp_mass = (1.0 - known).clamp(min=_FLOOR).log()
+    t_all = torch.cat([lp_top, lp_out.unsqueeze(-1), lp_mass.unsqueeze(-1)], -1).log_softmax(-1)
+    at_g = t_all[:, :k].gather(-1, is_g.float().argmax(-1, keepdim=True)).squeeze(-1)
+    lp_g = torch.where(inside, at_g, t_all[:, k])
+    # the non-target classes, aligned on both sides (c, k + 1): the top-k except the target, and the tail
+    keep = torch.cat([~is_g, torch.ones_like(inside).unsqueeze(-1)], -1)
+    t_cols = torch.cat([t_all[:, :k], t_all[:, k + 1 :]], -1)
+    s_cols = torch.cat([lq_top, lq_tail], -1)
+    lp_o = t_cols.masked_fill(~keep, float("-inf")).logsumexp(-1)  # log(1 - p_g)
+    lq_o = s_cols.masked_fill(~keep, float("-inf")).logsumexp(-1)  # log(1 - q_g)
+    zero = torch.zeros((), device=z.device)
+    lp_hat = torch.where(keep, t_cols - lp_o.unsqueeze(-1), zero)  # 0 on both sides at the target column
+    lq_hat = torch.where(keep, s_cols - lq_o.unsqueeze(-1), zero)
+    if reverse:
+        return _binary_kl(lq_g, lq_o, lp_g, lp_o), (lq_hat.exp() * (lq_hat - lp_hat)).sum(-1), lse
+    return _binary_kl(lp_g, lp_o, lq_g, lq_o), (lp_hat.exp() * (lp_hat - lq_hat)).sum(-1), lse
+
+
+def _cross_entropy_sum(
+    s_logits: Tensor, z: Tensor, lse: Tensor | None, targets: Tensor, temperature: float
+) -> Tensor:
+    """Summed CE of the (c, V) student logits at T = 1; reuses logsumexp(z) when z is the logits (T = 1)."""
+    if lse is None or temperature != 1.0:
+        return F.cross_entropy(s_logits, targets, reduction="sum")
+    return (lse.squeeze(-1) - z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)).sum()
+
+
 def _check(teacher: TopKTeacher, n: int, vocab: int, tail: str, chunk_size: int, where: str) -> None:
     if tail not in TAILS:
         raise KdkitError(f"{where}: tail must be one of {', '.join(TAILS)}, got {tail!r}")
@@ -190,16 +253,28 @@ def topk_token_loss(
         ids = _counted_targets(targets, student_hidden.shape[:-1], index, vocab_size, where)
     extras = [teacher.indices, teacher.logprobs] + ([] if ids is None else [ids])
 
+    merged = tail == "student" and teacher.indices.shape[1] < vocab_size  # a non-empty tail
+
     def chunk(hs: Tensor, ws: Tensor | None, bs: Tensor | None, t_idx: Tensor, t_lp: Tensor, *y: Tensor):
         s_logits = _logits(hs, ws, bs)  # (c, V)
-        with torch.no_grad():
-            lq = F.log_softmax(s_logits / temperature, dim=-1) if tail == "student" else None
-            # T * log p: the divergences divide by T before their log-softmax, which then returns log p
-            t_logits = temperature * dense_teacher(t_idx, t_lp, vocab_size, tail, lq)
-        div = token_divergence(divergence, s_logits, t_logits, temperature=temperature, **divergence_kwargs)
+        z = s_logits / temperature if temperature != 1.0 else s_logits
+        if merged:
+            lq_top, lq_tail, lse = _student_classes(z, t_idx.long())
+            lp = t_lp.float()
+            lp_tail = (1.0 - lp.exp().sum(-1, keepdim=True)).clamp(min=_FLOOR).log()  # (c, 1)
+            # (c, k + 1) log-probabilities; times T, since the divergences divide by T before log-softmax
+            s_in = temperature * torch.cat([lq_top, lq_tail], -1)
+            t_in = temperature * torch.cat([lp, lp_tail], -1)
+        else:
+            lse = None
+            with torch.no_grad():
+                lq = F.log_softmax(z, dim=-1) if tail == "student" else None
+                t_in = temperature * dense_teacher(t_idx, t_lp, vocab_size, tail, lq)  # (c, V): T * log p
+            s_in = s_logits
+        div = token_divergence(divergence, s_in, t_in, temperature=temperature, **divergence_kwargs)
         if not y:
             return (div.sum(),)
-        return div.sum(), F.cross_entropy(s_logits, y[0], reduction="sum")
+        return div.sum(), _cross_entropy_sum(s_logits, z, lse, y[0], temperature)
 
     sums = _run_chunks(chunk, student, extras, chunk_size)
     count = max(n, 1)
@@ -243,16 +318,23 @@ def topk_atkd_loss(
     unc = -torch.expm1(t_target)  # (n,) 1 - p_g
     hard, n_hard = _hard_split(unc, lead, index, scope, hard_ratio)
 
+    merged = tail == "student" and teacher.indices.shape[1] + 1 < vocab_size  # top-k + target leave a tail
+
     def chunk(hs: Tensor, ws: Tensor | None, bs: Tensor | None, t_idx: Tensor, t_lp: Tensor, t_g: Tensor,
               g: Tensor, is_hard: Tensor):  # fmt: skip
         s_logits = _logits(hs, ws, bs)
-        with torch.no_grad():
-            lq = F.log_softmax(s_logits / temperature, dim=-1) if tail == "student" else None
-            t_logits = temperature * dense_teacher(t_idx, t_lp, vocab_size, tail, lq, g, t_g)
-        tkd, dkd, _ = _decoupled_tokens(s_logits, t_logits, g, temperature, reverse)
+        z = s_logits / temperature if temperature != 1.0 else s_logits
+        lse = None
+        if merged:
+            tkd, dkd, lse = _merged_decoupled(z, t_idx.long(), t_lp.float(), t_g.float(), g, reverse)
+        else:
+            with torch.no_grad():
+                lq = F.log_softmax(z, dim=-1) if tail == "student" else None
+                t_logits = temperature * dense_teacher(t_idx, t_lp, vocab_size, tail, lq, g, t_g)
+            tkd, dkd, _ = _decoupled_tokens(s_logits, t_logits, g, temperature, reverse)
         easy_sum = dkd.masked_fill(is_hard, 0.0).sum()
         hard_sum = (tkd + dkd).masked_fill(~is_hard, 0.0).sum()
-        return easy_sum, hard_sum, F.cross_entropy(s_logits, g, reduction="sum")
+        return easy_sum, hard_sum, _cross_entropy_sum(s_logits, z, lse, g, temperature)
 
     easy_sum, hard_sum, ce_sum = _run_chunks(
         chunk, student, [teacher.indices, teacher.logprobs, t_target, ids, hard], chunk_size

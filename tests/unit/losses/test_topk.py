@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kdkit.errors import KdkitError
-from kdkit.losses.atkd import atkd_loss
+from kdkit.losses.atkd import _hard_split, atkd_loss, decoupled_kl
 from kdkit.losses.divergences import DIVERGENCES, token_divergence
 from kdkit.losses.topk import TopKTeacher, dense_teacher, topk_atkd_loss, topk_of_logits, topk_token_loss
 
@@ -125,6 +125,90 @@ def test_atkd_k_equal_v_is_the_dense_atkd(reverse: bool, scope: str) -> None:
         torch.autograd.grad(loss, hs)[0], torch.autograd.grad(ref, ref_hs)[0], atol=1e-5, rtol=1e-4
     )
     assert torch.isfinite(ce)
+
+
+def rebuilt_reference(
+    x: dict,
+    teacher: TopKTeacher,
+    temp: float,
+    hs: torch.Tensor,
+    name: str | None = None,
+    kw: dict | None = None,
+    reverse: bool = False,
+    hard_ratio: float = 0.5,
+) -> torch.Tensor:
+    """The plain reference of the merged fast path: the (n, V) teacher rebuilt by ``dense_teacher`` with the
+    student's detached tail, then the dense divergence (``name``) or the dense decoupled KL (ATKD, with the
+    split on the stored target log-probability)."""
+    s = (hs @ x["ws"][:V].T)[x["mask"]]  # (n, V)
+    lq = F.log_softmax(s / temp, -1)
+    if name is not None:
+        t = dense_teacher(teacher.indices, teacher.logprobs, V, "student", lq)
+        return token_divergence(name, s, temp * t, temperature=temp, **(kw or {})).mean()
+    g = x["targets"][x["mask"]]
+    t = dense_teacher(teacher.indices, teacher.logprobs, V, "student", lq, g, teacher.target_logprobs)
+    tkd, dkd, _ = decoupled_kl(s, temp * t, g, temperature=temp, reverse=reverse)
+    unc = -torch.expm1(teacher.target_logprobs.float())
+    hard, n_hard = _hard_split(
+        unc, x["mask"].shape, x["mask"].reshape(-1).nonzero().squeeze(1), "batch", hard_ratio
+    )
+    easy = dkd.masked_fill(hard, 0.0).sum() / max(len(g) - n_hard, 1)
+    return 0.2 * easy + 0.8 * (tkd + dkd).masked_fill(~hard, 0.0).sum() / max(n_hard, 1)
+
+
+@pytest.mark.parametrize("temp", [1.0, 1.5])
+@pytest.mark.parametrize(("name", "kw"), CASES)
+def test_merged_classes_equal_the_rebuilt_teacher(name: str, kw: dict, temp: float) -> None:
+    """k < V, tail='student': the (top-k, tail) computation gives the rebuilt teacher's values and gradients,
+    with fp16 cached log-probabilities, and the CE of the full logits."""
+    x, k = make(5), 6
+    full = cached(x["t_logits"], x["mask"], x["targets"], k, temp)
+    teacher = TopKTeacher(full.indices, full.logprobs.half())
+    hs = x["hs"].clone().requires_grad_(True)
+    targets = x["targets"].clamp(min=0)
+    loss, ce = topk_token_loss(
+        hs, x["ws"], teacher, x["mask"], divergence=name, vocab_size=V, temperature=temp, chunk_size=4,
+        targets=targets, **kw,
+    )  # fmt: skip
+    ref_hs = x["hs"].clone().requires_grad_(True)
+    ref = rebuilt_reference(x, teacher, temp, ref_hs, name, kw)
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    grad, ref_grad = torch.autograd.grad(loss, hs)[0], torch.autograd.grad(ref, ref_hs)[0]
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-4)
+    s = (x["hs"] @ x["ws"][:V].T)[x["mask"]]
+    torch.testing.assert_close(ce, F.cross_entropy(s, targets[x["mask"]]))
+
+
+@pytest.mark.parametrize("hard_ratio", [0.5, 1.0])
+@pytest.mark.parametrize("temp", [1.0, 2.0])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_atkd_merged_classes_equal_the_rebuilt_teacher(reverse: bool, temp: float, hard_ratio: float) -> None:
+    """ATKD with k < V: targets inside and outside the cached top-k, fp16 log-probs, a row whose stored
+    mass exceeds 1 (renormalised as the rebuild does); values and gradients equal the rebuilt teacher's,
+    the CE that of the full logits. hard_ratio 1 puts TKD on every token, the confident ones included."""
+    x, k = make(6, b=4, t=6), 4
+    x["t_logits"][0, 0, 2] = 40.0  # a (near) one-hot teacher row: p_g ~ 1 must stay finite
+    x["targets"][0, 0] = 2
+    full = cached(x["t_logits"], x["mask"], x["targets"], k, temp)
+    inside = (full.indices == x["targets"][x["mask"]].unsqueeze(-1)).any(-1)
+    assert inside.any() and (~inside).any()  # both cases are exercised
+    lp = full.logprobs.clone()
+    lp[1] += 0.3  # stored mass above 1
+    teacher = TopKTeacher(full.indices, lp.half(), full.target_logprobs)
+    hs = x["hs"].clone().requires_grad_(True)
+    loss, ce = topk_atkd_loss(
+        hs, x["ws"], teacher, x["targets"], x["mask"], vocab_size=V, reverse=reverse, temperature=temp,
+        chunk_size=5, hard_ratio=hard_ratio,
+    )  # fmt: skip
+    ref_hs = x["hs"].clone().requires_grad_(True)
+    ref = rebuilt_reference(x, teacher, temp, ref_hs, reverse=reverse, hard_ratio=hard_ratio)
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    grad, ref_grad = torch.autograd.grad(loss, hs)[0], torch.autograd.grad(ref, ref_hs)[0]
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-4)
+    s = (x["hs"] @ x["ws"][:V].T)[x["mask"]]
+    torch.testing.assert_close(ce, F.cross_entropy(s, x["targets"][x["mask"]]))
 
 
 def test_dense_teacher_is_a_distribution_with_exact_stored_entries() -> None:
