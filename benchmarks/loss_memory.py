@@ -1,5 +1,6 @@
 """Peak memory of the causal-LM token losses, forward + backward: plain dense vs kdkit's chunked loss vs
-the top-k cached teacher, for every divergence and ATKD.
+the top-k cached teacher, for every divergence and ATKD, and of the student's cross-entropy (SFT: dense vs
+chunked; it has no teacher, so no cached column).
 
     python benchmarks/loss_memory.py [--tokens 4096] [--vocab 49152] [--dim 576] [--chunk-size 1024] [--top-k 64]
 
@@ -9,7 +10,7 @@ top-k ids and log-probabilities (N, k) (cached). The peak is the process's resid
 during forward + backward minus the resident set just before (the high-water mark is reset through
 /proc/self/clear_refs), so it is the loss's own working memory, inputs and their gradients' buffers
 excluded. Dense = the logits of both models for all tokens (`hidden @ W.T`) and the public loss function
-(`kdkit.losses.token_divergence` mean, `atkd_loss`). On GPU, torch.cuda.max_memory_allocated is used.
+(`kdkit.losses.token_divergence` mean, `atkd_loss`; `F.cross_entropy` for the cross-entropy). On GPU, torch.cuda.max_memory_allocated is used.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CASES = ["forward_kl", "reverse_kl", "generalized_jsd", "skew_kl", "tvd", "atkd"]
+CASES = ["forward_kl", "reverse_kl", "generalized_jsd", "skew_kl", "tvd", "atkd", "cross_entropy"]
 PATHS = ["dense", "chunked", "cached top-k"]
 
 
@@ -37,7 +38,7 @@ def measure(case: str, path: str, n: int, v: int, d: int, chunk: int, k: int, de
     import torch
 
     from kdkit.losses.atkd import atkd_loss
-    from kdkit.losses.chunked import chunked_atkd_loss, chunked_token_loss
+    from kdkit.losses.chunked import chunked_atkd_loss, chunked_cross_entropy, chunked_token_loss
     from kdkit.losses.divergences import token_divergence
     from kdkit.losses.topk import TopKTeacher, topk_atkd_loss, topk_of_logits, topk_token_loss
 
@@ -65,7 +66,12 @@ def measure(case: str, path: str, n: int, v: int, d: int, chunk: int, k: int, de
     kwargs = {"generalized_jsd": {"beta": 0.5}, "skew_kl": {"alpha": 0.1}}.get(case, {})
 
     def run() -> None:
-        if path == "dense":
+        if case == "cross_entropy":  # the student alone (SFT)
+            if path == "dense":
+                loss = torch.nn.functional.cross_entropy(hs @ ws.T, targets)
+            else:
+                loss = chunked_cross_entropy(hs, ws, targets, mask, chunk_size=chunk)
+        elif path == "dense":
             s_logits, t_logits = hs @ ws.T, ht @ wt.T
             if case == "atkd":
                 loss = atkd_loss(s_logits, t_logits, targets, mask)
@@ -120,14 +126,15 @@ def main() -> None:
     rows = []
     for case in args.cases:
         peaks = {}
-        for path in PATHS:
+        for path in PATHS[:2] if case == "cross_entropy" else PATHS:
             cmd = [sys.executable, __file__, *sys.argv[1:], "--child", case, path]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             peaks[path] = json.loads(out.strip().splitlines()[-1]) / 2**30
-        rows.append(
-            f"| {case} | {peaks['dense']:.2f} | {peaks['chunked']:.2f} ({100 * peaks['chunked'] / peaks['dense']:.0f}%)"
-            f" | {peaks['cached top-k']:.2f} ({100 * peaks['cached top-k'] / peaks['dense']:.0f}%) |"
-        )
+        cells = [f"{peaks['dense']:.2f}"] + [
+            f"{peaks[p]:.2f} ({100 * peaks[p] / peaks['dense']:.0f}%)" if p in peaks else "-"
+            for p in PATHS[1:]
+        ]
+        rows.append(f"| {case} | {' | '.join(cells)} |")
         print(rows[-1], flush=True)
     print(
         f"\nPeak memory of loss forward + backward (GiB; % of dense), {args.tokens:,} tokens, V = {args.vocab:,}, "

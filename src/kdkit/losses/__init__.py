@@ -1,7 +1,7 @@
 """Pure loss math (no I/O, no models): public API. Shapes are documented on each function."""
 
 from kdkit.losses.atkd import atkd_loss, decoupled_kl
-from kdkit.losses.chunked import chunked_atkd_loss, chunked_token_loss
+from kdkit.losses.chunked import chunked_atkd_loss, chunked_cross_entropy, chunked_token_loss
 from kdkit.losses.divergences import (
     DIVERGENCES,
     forward_kl,
@@ -19,6 +19,7 @@ __all__ = [
     "aggregate_neighbours",
     "atkd_loss",
     "chunked_atkd_loss",
+    "chunked_cross_entropy",
     "chunked_token_loss",
     "decoupled_kl",
     "forward_kl",

@@ -78,12 +78,18 @@ def _check_inputs(
             f"{where}: student and teacher hidden states cover different tokens: "
             f"{tuple(lead)} vs {tuple(t_hidden.shape[:-1])}; feed both models the same batch"
         )
+    return _check_sizes(lead, mask, min(s_weight.shape[0], t_weight.shape[0]), vocab_size, chunk_size, where)
+
+
+def _check_sizes(
+    lead: torch.Size, mask: Tensor | None, rows: int, vocab_size: int | None, chunk_size: int, where: str
+) -> int:
+    """The mask, vocabulary size (at most ``rows``, the smaller head's) and chunk size; returns the vocab."""
     if mask is not None and (mask.shape != lead or mask.dtype != torch.bool):
         raise KdkitError(
             f"{where}: mask must be bool with the hidden states' leading shape {tuple(lead)}, "
             f"got {mask.dtype} {tuple(mask.shape)}"
         )
-    rows = min(s_weight.shape[0], t_weight.shape[0])
     vocab = rows if vocab_size is None else vocab_size
     if not 1 <= vocab <= rows:
         raise KdkitError(
@@ -166,6 +172,49 @@ def _run_chunks(
         totals = list(sums) if totals is None else [a + b for a, b in zip(totals, sums, strict=True)]
     assert totals is not None
     return totals
+
+
+# ---------------------------------------------------------------- cross-entropy (SFT, ce_weight)
+
+
+def chunked_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    mask: Tensor | None,
+    *,
+    vocab_size: int | None = None,
+    chunk_size: int = 1024,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """Mean cross-entropy of the counted tokens from final hidden states and an LM head, in chunks.
+
+    Equals ``F.cross_entropy(hidden[mask] @ weight[:V].T (+ bias[:V]), targets[mask])`` (values and
+    gradients) without holding the batch's logits: each chunk computes ``logsumexp(logits) -
+    logits[target]`` (no log-softmax is written) and is recomputed in backward like the divergences.
+
+    Args:
+        hidden: (B, T, D) or (N, D); weight: (V', D) with V' >= vocab_size; bias: (V',) or None.
+        targets: (B, T) or (N,) integer ids (already shifted); counted ones in [0, vocab_size).
+        mask: (B, T) or (N,) bool, True where the token counts; None counts all.
+        vocab_size: the first ``vocab_size`` rows of the head (default all); chunk_size: tokens per chunk.
+
+    Returns:
+        a float32 scalar; 0 (still connected to ``hidden`` and ``weight``) when no token counts.
+    """
+    where = "chunked_cross_entropy"
+    _check_head("student", hidden, weight, bias, where)
+    vocab = _check_sizes(hidden.shape[:-1], mask, weight.shape[0], vocab_size, chunk_size, where)
+    index = _counted_index(mask)
+    ids = _counted_targets(targets, hidden.shape[:-1], index, vocab, where)
+    head = _Head(hidden, weight, bias, index, vocab)
+
+    def chunk(hs: Tensor, ws: Tensor, bs: Tensor | None, y: Tensor) -> tuple[Tensor]:
+        logits = _chunk_logits(hs, ws, bs)  # (c, V)
+        return ((logits.logsumexp(-1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)).sum(),)
+
+    (total,) = _run_chunks(chunk, head, [ids], chunk_size)
+    return total / max(head.rows.shape[0], 1)
 
 
 # ---------------------------------------------------------------- token divergences

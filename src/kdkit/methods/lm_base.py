@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdkit.errors import KdkitError
-from kdkit.losses.chunked import chunked_atkd_loss, chunked_token_loss
+from kdkit.losses.chunked import chunked_atkd_loss, chunked_cross_entropy, chunked_token_loss
 from kdkit.losses.topk import TopKTeacher, topk_atkd_loss, topk_token_loss
 from kdkit.methods.base import LossContext, LossOutput
 
@@ -119,7 +119,7 @@ class LMLoss(nn.Module):
         parts = {"distill": distill.detach()}
         if self.config.ce_weight > 0:
             if ce is None:
-                ce = _full_ce(s, targets, mask, self.vocab_size)
+                ce = _full_ce(s, targets, mask, self.vocab_size, self.config.chunk_size)
             loss = loss + self.config.ce_weight * ce
         if ce is not None:
             parts["ce"] = ce.detach()
@@ -181,9 +181,14 @@ def _logits(out: LMOutputs) -> Tensor:
     return logits if out.bias is None else logits + out.bias
 
 
-def _full_ce(s: LMOutputs, targets: Tensor, mask: Tensor, vocab: int | None) -> Tensor:
+def _full_ce(s: LMOutputs, targets: Tensor, mask: Tensor, vocab: int | None, chunk_size: int = 0) -> Tensor:
     """Mean cross-entropy over the counted tokens; with hidden states + head, the logits of the counted
-    tokens only (prompt and padding rows are never projected onto the vocabulary)."""
+    tokens only (prompt and padding rows are never projected onto the vocabulary), and with
+    ``chunk_size > 0`` never more than a chunk of them at once (``chunked_cross_entropy``)."""
+    if s.hidden is not None and chunk_size > 0:
+        return chunked_cross_entropy(
+            s.hidden[:, :-1], s.weight, targets, mask, vocab_size=vocab, chunk_size=chunk_size, bias=s.bias
+        )
     if s.hidden is not None:
         rows = s.hidden[:, :-1][mask]  # (n, D)
         logits = rows @ s.weight.T if s.bias is None else rows @ s.weight.T + s.bias  # (n, V')
@@ -259,18 +264,21 @@ class ATKDLoss(LMLoss):
 
 
 class LMTaskLoss(nn.Module):
-    """Supervised fine-tuning of a causal LM (no teacher): cross-entropy on the response tokens."""
+    """Supervised fine-tuning of a causal LM (no teacher): cross-entropy on the response tokens, computed in
+    chunks of ``chunk_size`` tokens from the final hidden states (``chunked_cross_entropy``), so the batch's
+    full-vocabulary logits are never held at once."""
 
     needs_hidden_states = False
 
-    def __init__(self, vocab_size: int | None = None) -> None:
+    def __init__(self, vocab_size: int | None = None, chunk_size: int = 1024) -> None:
         super().__init__()
         self.vocab_size = vocab_size
+        self.chunk_size = chunk_size  # tokens per chunk of the CE (0: the counted tokens' logits at once)
 
     def student_forward(self, student: nn.Module, batch: dict[str, Any]) -> LMOutputs:
         return lm_forward(student, batch["student"], chunked=True)
 
     def forward(self, s: LMOutputs, t: Any, batch: dict[str, Any]) -> LossOutput:
         targets, mask = shift(batch)
-        ce = _full_ce(s, targets, mask, self.vocab_size)
+        ce = _full_ce(s, targets, mask, self.vocab_size, self.chunk_size)
         return LossOutput(ce, {"ce": ce.detach()})

@@ -224,6 +224,38 @@ def test_atkd_ties_split_like_atkd_loss(scope: str) -> None:
 # ---------------------------------------------------------------- memory: recomputation, nothing (·, V) saved
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 1024])
+def test_cross_entropy_equals_full_logit_cross_entropy(chunk: int) -> None:
+    """Values and gradients of F.cross_entropy on the counted rows of the (padded-head-cut) logits."""
+    x = make(12)
+    vocab = 11  # the student head has 13 rows: the last two are never read
+    s, _ = full_logits(x, vocab)
+    ref = ref_ce(s, x)
+    ce = chunked.chunked_cross_entropy(
+        x["student_hidden"], x["student_weight"], x["targets"], x["mask"], vocab_size=vocab, chunk_size=chunk,
+        bias=x["student_bias"],
+    )  # fmt: skip
+    torch.testing.assert_close(ce, ref, **TOL)
+    assert_same(student_grads(ce, x), student_grads(ref, x))
+    flat = chunked.chunked_cross_entropy(
+        x["student_hidden"][x["mask"]], x["student_weight"], x["targets"][x["mask"]], None, vocab_size=vocab,
+        bias=x["student_bias"],
+    )  # fmt: skip
+    torch.testing.assert_close(flat, ref, **TOL)
+
+
+def test_cross_entropy_of_nothing_is_a_connected_zero_and_bad_targets_are_refused() -> None:
+    x = make(13)
+    args = (x["student_hidden"], x["student_weight"])
+    none = torch.zeros_like(x["mask"])
+    ce = chunked.chunked_cross_entropy(*args, torch.full_like(x["targets"], -100), none)
+    assert ce.item() == 0.0 and ce.grad_fn is not None
+    with pytest.raises(KdkitError, match=r"token ids in \[0, 13\)"):
+        chunked.chunked_cross_entropy(*args, x["targets"].masked_fill(x["mask"], 13), x["mask"])
+    with pytest.raises(KdkitError, match="vocab_size must be"):
+        chunked.chunked_cross_entropy(*args, x["targets"], x["mask"], vocab_size=14)
+
+
 def counting_logits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = chunked._chunk_logits
@@ -273,6 +305,9 @@ def test_graph_saves_no_logit_sized_tensor() -> None:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         chunked_token_loss(**x, divergence="forward_kl", chunk_size=2)
         chunked_atkd_loss(**x, chunk_size=2)
+        chunked.chunked_cross_entropy(
+            x["student_hidden"], x["student_weight"], x["targets"], x["mask"], chunk_size=2
+        )
     # only the last chunk's (c <= 2, V) intermediates are saved, never the batch's; (D, V) is a head's W.T
     heads = (x["student_weight"].shape[1], x["teacher_weight"].shape[1])
     rows = [s[0] for s in saved if len(s) == 2 and s[-1] == vocab and s[0] not in heads]

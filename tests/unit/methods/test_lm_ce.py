@@ -1,4 +1,5 @@
-"""The causal-LM cross-entropy (SFT and ce_weight): counted tokens only, equal to the masked full-logit CE."""
+"""The causal-LM cross-entropy (SFT and ce_weight): counted tokens only, chunked or not, equal to the masked
+full-logit CE."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def test_counted_rows_ce_equals_masked_full_logits_ce() -> None:
         per_token = F.cross_entropy(logits[:, :-1, :7].transpose(1, 2), targets, reduction="none")
         ref = per_token.masked_fill(~mask, 0).sum() / mask.sum()
         torch.testing.assert_close(_full_ce(LMOutputs(h, w, bias), targets, mask, 7), ref)
+        for chunk in (2, 1024):  # chunked (SFT's default, and the methods' ce_weight with chunk_size > 0)
+            torch.testing.assert_close(_full_ce(LMOutputs(h, w, bias), targets, mask, 7, chunk), ref)
         torch.testing.assert_close(_full_ce(LMOutputs(None, None, None, logits), targets, mask, 7), ref)
     hidden = h.clone().requires_grad_(True)
     zero = _full_ce(LMOutputs(hidden, w, None), targets, torch.zeros_like(mask), 7)
