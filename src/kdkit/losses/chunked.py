@@ -177,6 +177,11 @@ def _run_chunks(
 # ---------------------------------------------------------------- cross-entropy (SFT, ce_weight)
 
 
+def _ce_sum(logits: Tensor, lse: Tensor, targets: Tensor) -> Tensor:
+    """Summed CE from (c, V) logits, their (c, 1) logsumexp and (c,) target ids; no log-softmax written."""
+    return (lse.squeeze(-1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)).sum()
+
+
 def chunked_cross_entropy(
     hidden: Tensor,
     weight: Tensor,
@@ -211,7 +216,7 @@ def chunked_cross_entropy(
 
     def chunk(hs: Tensor, ws: Tensor, bs: Tensor | None, y: Tensor) -> tuple[Tensor]:
         logits = _chunk_logits(hs, ws, bs)  # (c, V)
-        return ((logits.logsumexp(-1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)).sum(),)
+        return (_ce_sum(logits, logits.logsumexp(-1, keepdim=True), y),)
 
     (total,) = _run_chunks(chunk, head, [ids], chunk_size)
     return total / max(head.rows.shape[0], 1)

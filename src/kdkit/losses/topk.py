@@ -42,7 +42,7 @@ from torch import Tensor
 
 from kdkit.errors import KdkitError
 from kdkit.losses.atkd import _binary_kl, _check_atkd_options, _decoupled_tokens, _hard_split
-from kdkit.losses.chunked import _as_user_error, _chunk_logits, _counted_targets, _Head, _run_chunks
+from kdkit.losses.chunked import _as_user_error, _ce_sum, _chunk_logits, _counted_targets, _Head, _run_chunks
 from kdkit.losses.divergences import DIVERGENCES, _counted_index, token_divergence
 
 TAILS = ("student", "uniform")
@@ -187,7 +187,7 @@ def _cross_entropy_sum(
     """Summed CE of the (c, V) student logits at T = 1; reuses logsumexp(z) when z is the logits (T = 1)."""
     if lse is None or temperature != 1.0:
         return F.cross_entropy(s_logits, targets, reduction="sum")
-    return (lse.squeeze(-1) - z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)).sum()
+    return _ce_sum(z, lse, targets)
 
 
 def _check(teacher: TopKTeacher, n: int, vocab: int, tail: str, chunk_size: int, where: str) -> None:
