@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -222,3 +223,44 @@ def tiny_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("lm_data") / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in qa_rows(64)))
     return path
+
+
+@pytest.fixture(scope="session")
+def method_run(
+    tiny_teacher: Path,
+    tiny_csv: Path,
+    tiny_lm: Path,
+    tiny_jsonl: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Any:
+    """``get(name)``: the uninterrupted run ``name`` of ``tests.method_runs.RUNS`` (through the CLI, in this
+    process), made once per session: the reference of the same-results and kill-and-resume tests."""
+    import contextlib
+    import sys
+
+    import yaml
+
+    from kdkit.cli import main
+    from tests.method_runs import cli_args, run_config
+
+    assets = {
+        "tiny_teacher": tiny_teacher,
+        "tiny_csv": tiny_csv,
+        "tiny_lm": tiny_lm,
+        "tiny_jsonl": tiny_jsonl,
+    }
+    home = tmp_path_factory.mktemp("method-runs-home")
+    runs: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in runs:
+            root = tmp_path_factory.mktemp(f"reference-{name}")
+            cfg = root / "c.yaml"
+            cfg.write_text(yaml.safe_dump(run_config(name, assets, root / "run")))
+            with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(sys.stderr):
+                mp.setenv("KDKIT_HOME", str(home))
+                assert main(cli_args(name, cfg)) == 0, name
+            runs[name] = root / "run"
+        return runs[name]
+
+    return get

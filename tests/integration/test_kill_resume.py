@@ -35,19 +35,10 @@ from tests.crash import (
     without_timing,
 )
 from tests.integration.test_cli_tiny import write_config
+from tests.method_runs import RUNS, STEPS, TRAIN, cli_args, run_config
 
 pytestmark = pytest.mark.integration
 
-STEPS = 10  # 9 batches of 8 per epoch: the run crosses an epoch boundary
-TRAIN = {
-    "max_steps": STEPS,
-    "batch_size": 8,
-    "lr": 1e-2,  # high enough for the best step to move mid-run: best/ is not the last step
-    "log_every": 1,
-    "eval_every": 1,  # a new best/ may be written at any step
-    "save_every": 1,
-    "keep_checkpoints": 2,
-}
 DELAY = 0.25  # seconds added per unit of work in the killed process
 KB_METHOD = {"name": "reaugkd", "k": 4, "retrieval_k": 4, "head_epochs": 2}
 
@@ -56,30 +47,11 @@ def _config(teacher: Path, data: Path, out: Path, **extra: Any) -> dict[str, Any
     return tiny_config(teacher, data, out, train=dict(TRAIN), **extra)
 
 
-def _run_args(kind: str, cfg: Path) -> list[str]:
-    return (
-        ["finetune", "--config", str(cfg), "--which", "student"]
-        if kind == "finetune"
-        else [kind, "--config", str(cfg)]
-    )
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_teacher: Path, tiny_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The uninterrupted run of each kind (in this process), computed once per module."""
-    runs: dict[str, Path] = {}
-
-    def get(kind: str) -> Path:
-        if kind not in runs:
-            root = tmp_path_factory.mktemp(f"reference-{kind}")
-            cfg = write_config(root / "c.yaml", _config(tiny_teacher, tiny_csv, root / "run"))
-            assert main(_run_args(kind, cfg)) == 0
-            best = json.loads((root / "run" / "metrics.json").read_text())["best_step"]
-            assert 1 < best < STEPS  # the final student (best/) is neither the first nor the last step's
-            runs[kind] = root / "run"
-        return runs[kind]
-
-    return get
+@pytest.fixture
+def reference(method_run: Any) -> Any:
+    """The uninterrupted run of each kind (``tests.method_runs``: made once per session)."""
+    names = {"finetune": "finetune-classifier", "distill": "kd"}
+    return lambda kind: method_run(names.get(kind, kind))
 
 
 def _assert_same_run(run: Path, ref: Path) -> None:
@@ -97,16 +69,33 @@ def _assert_same_run(run: Path, ref: Path) -> None:
     assert files(run, skip=("logs/tb",)) == files(ref, skip=("logs/tb",))  # no leftovers of the kill
 
 
-@pytest.mark.parametrize("kind", ["finetune", "distill"])
+@pytest.mark.parametrize("name", list(RUNS))
 def test_killed_training_resumes_to_the_same_run(
-    kind: str, tiny_teacher: Path, tiny_csv: Path, tmp_path: Path, reference: Any
+    name: str,
+    tiny_teacher: Path,
+    tiny_csv: Path,
+    tiny_lm: Path,
+    tiny_jsonl: Path,
+    tmp_path: Path,
+    method_run: Any,
 ) -> None:
-    rng = kill_rng(kind)
+    """Every registered method, both families' fine-tuning, teacher generations and on-policy samples."""
+    ref = method_run(name)
+    if name in ("finetune-classifier", "kd"):
+        best = json.loads((ref / "metrics.json").read_text())["best_step"]
+        assert 1 < best < STEPS  # the final student (best/) is neither the first nor the last step's
+    rng = kill_rng(name)
     step, after = rng.randint(1, STEPS - 3), rng.uniform(0, 2 * DELAY)
     print(f"kill {after:.2f} s after checkpoint step-{step} appears")
     run = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.yaml", _config(tiny_teacher, tiny_csv, run))
-    proc = start(_run_args(kind, cfg), DELAY, tmp_path / "logs")
+    assets = {
+        "tiny_teacher": tiny_teacher,
+        "tiny_csv": tiny_csv,
+        "tiny_lm": tiny_lm,
+        "tiny_jsonl": tiny_jsonl,
+    }
+    cfg = write_config(tmp_path / "c.yaml", run_config(name, assets, run))
+    proc = start(cli_args(name, cfg), DELAY, tmp_path / "logs")
     kill_when(proc, step_reached(run, step), after, tmp_path / "logs")
     assert not (run / "metrics.json").exists()
     # the worst a kill can leave, planted so that every seed checks it: a temp checkpoint dir, best/ in
@@ -119,8 +108,8 @@ def test_killed_training_resumes_to_the_same_run(
         f.write('{"step": 99, "train/lo')
     print("left by the kill:", files(run, skip=("logs/tb",)))
 
-    assert main([*_run_args(kind, cfg), "--resume"]) == 0
-    _assert_same_run(run, reference(kind))
+    assert main([*cli_args(name, cfg), "--resume"]) == 0
+    _assert_same_run(run, ref)
 
 
 def test_killed_cache_build_resumes_to_the_same_cache(
