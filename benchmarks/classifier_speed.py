@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from common import data_root_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "sst2_minilm2l_from_minilm6_kd.yaml"
@@ -46,13 +49,18 @@ def main() -> None:
     parser.add_argument("--train-samples", type=int, default=5000)
     parser.add_argument("--teacher", default="runs/bench/teachers/sst2")
     parser.add_argument("--out", default="runs/bench/clf_speed")
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument(
+        "--data-root",
+        default=os.environ.get("KDKIT_DATA_ROOT"),
+        help="a folder with local copies of the datasets (the recipes' data.local); default $KDKIT_DATA_ROOT, "
+        "else the recipes' hub sources",
+    )
     args = parser.parse_args()
 
     from kdkit.cli import _quiet_libraries
-    from kdkit.retrieval.resolve import build_kb_for_config
-    from kdkit.teacher.build import build_cache_for_config
-    from kdkit.train.run import distill, finetune
+    from kdkit.commands.cache import build_cache_for_config
+    from kdkit.retrieval.command import build_kb_for_config
+    from kdkit.train.run import distill, finetune, resolve_teacher
 
     _quiet_libraries()
     out = Path(args.out)
@@ -62,7 +70,7 @@ def main() -> None:
             f"no fine-tuned teacher in {args.teacher}: run benchmarks/sst2_mixkd.py or glue_reaugkd.py first"
         )
     base = [
-        f"data.root={args.data_root}",
+        *data_root_overrides(args.data_root),
         f"data.max_train_samples={args.train_samples}",
         f"teacher.model={args.teacher}",
         "teacher.finetune=null",
@@ -76,7 +84,9 @@ def main() -> None:
     ]
     builds = {}
     t0 = time.perf_counter()
-    build_kb_for_config(CONFIG, [*base, "method={name: reaugkd}"], out / "kb")
+    build_kb_for_config(
+        CONFIG, [*base, "method={name: reaugkd}"], out / "kb", resolve_teacher=resolve_teacher
+    )
     builds["ReAugKD knowledge base"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     build_cache_for_config(CONFIG, [*base, f"cache.dir={out}/cache"])

@@ -19,3 +19,9 @@ def mean_sd(values: list[float]) -> str:
     """``mean ± standard deviation`` in percent (sd 0 for a single value)."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+
+
+def data_root_overrides(data_root: str | None) -> list[str]:
+    """``data.root=...`` when a folder of local dataset copies is given (the recipes' ``data.local`` copies
+    are read from it); none otherwise (the recipes read their hub sources)."""
+    return [f"data.root={data_root}"] if data_root else []

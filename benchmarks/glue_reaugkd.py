@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from common import mean_sd, run_once
+from common import data_root_overrides, mean_sd, run_once
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"sst2": ["accuracy"], "mrpc": ["f1", "accuracy"]}
@@ -35,12 +36,13 @@ def _config(task: str, method: str) -> Path:
 
 
 def _kb(config: Path, overrides: list[str], out: Path) -> tuple[Path, float]:
-    from kdkit.retrieval.resolve import build_kb_for_config
+    from kdkit.retrieval.command import build_kb_for_config
+    from kdkit.train.run import resolve_teacher
 
     if (out / "meta.json").is_file():
         return out, float("nan")
     t0 = time.perf_counter()
-    build_kb_for_config(config, overrides, out)
+    build_kb_for_config(config, overrides, out, resolve_teacher=resolve_teacher)
     return out, time.perf_counter() - t0
 
 
@@ -77,7 +79,12 @@ def main() -> None:
     parser.add_argument(
         "--teachers", default="runs/bench/teachers", help="fine-tuned teachers, one dir per task"
     )
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument(
+        "--data-root",
+        default=os.environ.get("KDKIT_DATA_ROOT"),
+        help="a folder with local copies of the datasets (the recipes' data.local); default $KDKIT_DATA_ROOT, "
+        "else the recipes' hub sources",
+    )
     args = parser.parse_args()
 
     import torch
@@ -89,7 +96,7 @@ def main() -> None:
     out = Path(args.out)
     print("command:", " ".join(["python", *sys.argv]))
     base = [
-        f"data.root={args.data_root}",
+        *data_root_overrides(args.data_root),
         "train.eval_every=null",
         "train.save_every=null",
         "eval.splits=[validation]",

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+from common import data_root_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "dolly_smol10l_from_smol135m_forward_kl.yaml"
@@ -40,7 +43,12 @@ def main() -> None:
     parser.add_argument("--precision", default="no", choices=["no", "bf16"])
     parser.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
     parser.add_argument("--out", default="runs/bench/lm")
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument(
+        "--data-root",
+        default=os.environ.get("KDKIT_DATA_ROOT"),
+        help="a folder with local copies of the datasets (the recipes' data.local); default $KDKIT_DATA_ROOT, "
+        "else the recipes' hub sources",
+    )
     args = parser.parse_args()
 
     from kdkit.cli import _quiet_libraries
@@ -52,7 +60,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = [
-        f"data.root={args.data_root}",
+        *data_root_overrides(args.data_root),
         f"train.max_steps={args.steps}",
         f"train.batch_size={args.batch_size}",
         f"train.lr={args.lr}",

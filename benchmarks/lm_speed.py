@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from common import data_root_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "dolly_smol10l_from_smol135m_forward_kl.yaml"
@@ -51,7 +54,7 @@ VARIANTS = [
 def _overrides(args: argparse.Namespace, beta: float = 0.0) -> list[str]:
     n = (args.steps + args.warmup) * args.batch_size
     return [
-        f"data.root={args.data_root}",
+        *data_root_overrides(args.data_root),
         f"data.max_train_samples={n}",
         f"teacher.max_length={args.max_length}",
         f"student.max_length={args.max_length}",
@@ -81,15 +84,23 @@ def child(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     from kdkit.cli import _quiet_libraries
     from kdkit.config import load_config
     from kdkit.data.lm import LMCollator, LMDataset, encode_lm, load_lm_data
+    from kdkit.family.causal_lm import CausalLMFamily
     from kdkit.methods import METHODS
     from kdkit.methods.base import LossContext
     from kdkit.methods.lm_base import LMTaskLoss
-    from kdkit.models import build_lm_student, check_lm_pair, freeze, load_causal_lm, load_tokenizer
+    from kdkit.models import (
+        build_lm_student,
+        check_lm_pair,
+        freeze,
+        load_causal_lm,
+        load_tokenizer,
+        with_pad_token,
+    )
+    from kdkit.runtime import make_accelerator
     from kdkit.teacher.cache import TeacherCache
+    from kdkit.teacher.source import CachedTeacher, LiveTeacher
     from kdkit.train.checkpoint import TrainerState
-    from kdkit.train.loop import Trainee, _accumulate, teacher_outputs
-    from kdkit.train.run import make_accelerator
-    from kdkit.train.run_lm import lm_tokenizer
+    from kdkit.train.loop import LoopInputs, Trainee, _accumulate
 
     _quiet_libraries()
     beta = 0.5 if variant.endswith("0.5") else 0.0
@@ -97,7 +108,7 @@ def child(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     accelerator = make_accelerator(config)
     device = accelerator.device
     name = config.teacher.model
-    tokenizer = lm_tokenizer(load_tokenizer(name))
+    tokenizer = with_pad_token(load_tokenizer(name))
     torch.manual_seed(0)
     student, layers = build_lm_student(config.student, name)
     student.to(device)
@@ -117,31 +128,38 @@ def child(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     if variant.startswith("TRL"):
         step = _trl_step(student, teacher, tokenizer, beta, args)
     else:
+        ctx = LossContext("causal_lm", 0, student.config, student.config, layers, True, vocab)
         if variant.startswith("SFT"):
-            loss_fn = LMTaskLoss(vocab)
+            loss_fn = LMTaskLoss(LMTaskLoss.Config(), ctx)
         else:
-            ctx = LossContext("causal_lm", 0, student.config, student.config, layers, True, vocab)
-            loss_fn = METHODS.get("jsd").Loss(config.method, ctx)
-        cache = TeacherCache.load(config.cache.dir) if "cached" in variant else None
+            loss_fn = METHODS.get("jsd")(config.method, ctx)
+        source = None
+        if "cached" in variant:
+            source = CachedTeacher(TeacherCache.load(config.cache.dir), CausalLMFamily().read_cache)
+        elif teacher is not None:
+            source = LiveTeacher(teacher, loss_fn, accelerator)
         trainee = Trainee(student, loss_fn)
         optimizer = torch.optim.AdamW(trainee.parameters(), lr=2e-4, weight_decay=0.0)
         trainee, optimizer = accelerator.prepare(trainee, optimizer)
         trainee.train()
-
-        def teach(batch: dict[str, Any]) -> Any:
-            if cache is not None:
-                return cache.outputs(batch, device)
-            if teacher is None:
-                return None
-            with torch.no_grad(), accelerator.autocast():
-                return teacher_outputs(loss_fn, teacher, batch)
+        inputs = LoopInputs(  # what _accumulate reads: the method, the teacher source, no per-batch step
+            Path(args.out),
+            student,
+            loss_fn,
+            source,
+            dataset,
+            collate,
+            lambda m, a: {},
+            "loss",
+            lambda m, p: None,
+        )
 
         def step(batch: dict[str, Any]) -> float:
             batch = {
                 k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v)
                 for k, v in batch.items()
             }
-            parts = _accumulate(trainee, teach, iter([batch]), loss_fn, accelerator, 1, TrainerState())
+            parts = _accumulate(trainee, inputs, iter([batch]), accelerator, 1, TrainerState())
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return parts.get("distill", parts.get("ce", float("nan")))
@@ -224,7 +242,12 @@ def main() -> None:
     parser.add_argument("--precision", default="no", choices=["no", "bf16"])
     parser.add_argument("--only", nargs="*", choices=VARIANTS, help="run only these variants")
     parser.add_argument("--out", default="runs/bench/lm_speed")
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument(
+        "--data-root",
+        default=os.environ.get("KDKIT_DATA_ROOT"),
+        help="a folder with local copies of the datasets (the recipes' data.local); default $KDKIT_DATA_ROOT, "
+        "else the recipes' hub sources",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -232,7 +255,7 @@ def main() -> None:
         return
 
     from kdkit.cli import _quiet_libraries
-    from kdkit.teacher.build import build_cache_for_config
+    from kdkit.commands.cache import build_cache_for_config
 
     _quiet_libraries()
     print("command:", " ".join(["python", *sys.argv]), flush=True)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from common import data_root_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "sst2_minilm2l_from_minilm6_kd.yaml"
@@ -25,18 +28,23 @@ def main() -> None:
     parser.add_argument("--train-samples", type=int, default=20000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--out", default="runs/bench/sst2")
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument(
+        "--data-root",
+        default=os.environ.get("KDKIT_DATA_ROOT"),
+        help="a folder with local copies of the datasets (the recipes' data.local); default $KDKIT_DATA_ROOT, "
+        "else the recipes' hub sources",
+    )
     args = parser.parse_args()
 
     from kdkit.cli import _quiet_libraries
     from kdkit.config import load_config
-    from kdkit.train.run import distill, finetune, make_accelerator
-    from kdkit.train.teacher import resolve_teacher
+    from kdkit.runtime import make_accelerator
+    from kdkit.train.run import distill, finetune, resolve_teacher
 
     _quiet_libraries()
     out = Path(args.out)
     base = [
-        f"data.root={args.data_root}",
+        *data_root_overrides(args.data_root),
         f"data.max_train_samples={args.train_samples}",
         "train.eval_every=null",
         "train.save_every=null",

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
 
-from common import mean_sd, run_once
+from common import data_root_overrides, mean_sd, run_once
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "sst2_minilm2l_from_minilm6_kd.yaml"
@@ -37,7 +38,12 @@ def main() -> None:
         default="runs/bench/teachers/sst2",
         help="fine-tuned teacher (shared with other benchmarks)",
     )
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument(
+        "--data-root",
+        default=os.environ.get("KDKIT_DATA_ROOT"),
+        help="a folder with local copies of the datasets (the recipes' data.local); default $KDKIT_DATA_ROOT, "
+        "else the recipes' hub sources",
+    )
     args = parser.parse_args()
 
     from kdkit.cli import _quiet_libraries
@@ -46,7 +52,7 @@ def main() -> None:
     _quiet_libraries()
     out = Path(args.out)
     base = [
-        f"data.root={args.data_root}",
+        *data_root_overrides(args.data_root),
         "train.eval_every=null",
         "train.save_every=null",
         "eval.splits=[validation]",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,11 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 from kdkit.assets import asset_path
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# local copies of public datasets (GLUE, dolly, ...): $KDKIT_DATA_ROOT, else the shared/data folder beside the
+# checkout; tests that read them set KDKIT_DATA_ROOT to it (the recipes' data.local copies are found there)
+SHARED_DATA = Path(
+    os.environ.get("KDKIT_DATA_ROOT") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 
 POS = ["good", "great", "lovely", "fine", "happy", "superb", "nice", "brilliant"]
 NEG = ["bad", "awful", "poor", "sad", "horrible", "boring", "ugly", "terrible"]
@@ -26,6 +31,7 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.delenv("KDKIT_DATA_ROOT", raising=False)  # a test that reads SHARED_DATA sets it itself
     import huggingface_hub.constants
 
     # huggingface_hub reads HF_HUB_OFFLINE at import time, before this fixture: without this, a test that

@@ -147,7 +147,7 @@ def _slow_down(delay: float) -> None:
 
     import kdkit.retrieval.build as kb_build
     import kdkit.retrieval.kb as kb
-    import kdkit.teacher.cache as cache
+    import kdkit.shards as shards
     import kdkit.train.loop as loop
 
     loop._accumulate = _before(loop._accumulate, delay)  # each training step
@@ -161,8 +161,8 @@ def _slow_down(delay: float) -> None:
             time.sleep(delay / 2)
 
     loop.atomic_dir = slow_atomic_dir
-    cache.save_file = _after(cache.save_file, delay / 2)  # a shard (or KB chunk) in its temp file
-    cache.atomic_write_text = _before(cache.atomic_write_text, delay / 4)  # renamed, no checksum yet
+    shards.save_file = _after(shards.save_file, delay / 2)  # a shard (or KB chunk) in its temp file
+    shards.atomic_write_text = _before(shards.atomic_write_text, delay / 4)  # renamed, no checksum yet
     kb_build.pooled_embedding = _before(kb_build.pooled_embedding, delay)  # each batch of the KB pass
     kb.save_index = _after(kb.save_index, delay)  # the whole KB in its temp dir
 

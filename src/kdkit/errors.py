@@ -46,7 +46,7 @@ def out_of_memory_message(command: str, err: BaseException) -> str:
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
     if command == "cache":
         knobs = "lower cache.batch_size or teacher.max_length"
-    elif command in ("eval", "predict", "kb"):
+    elif command not in ("distill", "finetune", "demo"):
         knobs = "lower eval.batch_size (predict: --batch-size) or the max_length of the models"
     else:
         knobs = (

@@ -1,4 +1,4 @@
-"""Fingerprints that tie a derived artifact (a ReAugKD knowledge base, a teacher cache) to what made it:
+"""Fingerprints that tie a derived artifact (a knowledge base, a teacher cache) to what made it:
 the model's files and the data's contents. A mismatch means the artifact is stale."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kdkit.io import file_digest
+from kdkit.models.load import resolve_model_name
 
 _MODEL_FILES = ("config.json", "*.safetensors", "*.bin", "*.gguf")
 
@@ -16,8 +17,6 @@ _MODEL_FILES = ("config.json", "*.safetensors", "*.bin", "*.gguf")
 def model_fingerprint(name_or_dir: str | Path) -> str:
     """sha256 over a local model dir's config and weight files (names and contents); for a hub id that is
     not a local dir, over the id itself (a new revision under the same id is not detected)."""
-    from kdkit.models import resolve_model_name  # late import: models import data, data imports config
-
     path = Path(resolve_model_name(str(name_or_dir)))
     h = hashlib.sha256()
     if not path.is_dir():

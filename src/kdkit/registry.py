@@ -1,8 +1,9 @@
-"""A small generic name -> object registry with duplicate-name errors and did-you-mean lookups."""
+"""A small generic name -> object registry: checks what it holds when it is registered (one-line errors),
+refuses duplicate names, and suggests the closest name for a miss (did you mean)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from kdkit.errors import KdkitError, did_you_mean
@@ -11,13 +12,20 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to objects; ``kind`` names the things it holds in error messages."""
+    """Maps names to objects; ``kind`` names the things it holds in error messages.
 
-    def __init__(self, kind: str) -> None:
+    ``check(name, item)``, when given, runs at registration and raises ``KdkitError`` for an item that does
+    not conform (so a bad entry fails at import time, not in the middle of a run).
+    """
+
+    def __init__(self, kind: str, check: Callable[[str, T], None] | None = None) -> None:
         self.kind = kind
+        self._check = check
         self._items: dict[str, T] = {}
 
     def register(self, name: str, item: T) -> T:
+        if self._check is not None:
+            self._check(name, item)
         if name in self._items:
             raise KdkitError(f"{self.kind} '{name}' is registered twice; pick another name")
         self._items[name] = item

@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import kdkit
 from kdkit.assets import ASSETS, is_asset
 from kdkit.config import Config, load_config
 from kdkit.data import load_task_data
+from kdkit.data.lm import load_lm_data, load_lm_file
 from kdkit.errors import KdkitError
 from kdkit.eval.metrics import check_metrics, default_best_metric
+from kdkit.family import family_for
 from kdkit.methods import METHODS
 from kdkit.models import has_trained_head, load_model_config, resolve_model_name
 from kdkit.models.load import check_label_space, encoder_depth_check
+from kdkit.teacher.cache import META, TeacherCache
 
 
 def _check_model(
@@ -35,8 +37,9 @@ def validate(source: Config | dict[str, Any] | str | Path, overrides: list[str] 
     """Return a line of findings per part; raise ``KdkitError`` on the first problem."""
     config = load_config(source, overrides)
     lines = [f"config: task={config.task}, method={config.method.name}, output_dir={config.output_dir}"]
+    family = family_for(config.task)
     METHODS.get(config.method.name).check(config.method, config.task)
-    if config.task == "causal_lm":
+    if family.name == "causal_lm":
         return lines + _validate_lm(config)
     data = load_task_data(config.data, config.task)
     sizes = ", ".join(f"{s}={len(data.split(s))}" for s in ("train", "validation", "test") if data.has(s))
@@ -87,8 +90,6 @@ def _lm_model_line(role: str, name: str) -> tuple[str, Any | None]:
 
 
 def _validate_lm(config: Config) -> list[str]:
-    from kdkit.data.lm import load_lm_data, load_lm_file
-
     data = load_lm_data(config.data)
     sizes = ", ".join(f"{s}={len(data.split(s).prompts)}" for s in data.available())
     lines = [f"data: {sizes} (prompt '{config.data.prompt}', response '{config.data.response}')"]
@@ -115,20 +116,11 @@ def _validate_lm(config: Config) -> list[str]:
 
 
 def _artifact_lines(config: Config) -> list[str]:
-    """What the run will read ahead of training: a ReAugKD knowledge base, a teacher cache. Each must be
-    sound (version, checksums); whether it matches this run's teacher and data is checked at run time."""
-    lines = []
-    kb = getattr(config.method, "kb", None)
-    if kb:
-        from kdkit.retrieval.kb import KnowledgeBase
-
-        found = KnowledgeBase.load(kb)
-        lines.append(
-            f"knowledge base: {kb} ({len(found)} entries, dim {found.dim}, {found.meta['index']['kind']})"
-        )
+    """What the run will read ahead of training: the method's own artifacts (e.g. a knowledge base), a
+    teacher cache. Each must be sound (version, checksums); whether it matches this run's teacher and data
+    is checked at run time."""
+    lines = METHODS.get(config.method.name).describe_artifacts(config.method)
     if config.cache.dir:
-        from kdkit.teacher.cache import META, TeacherCache
-
         if not (Path(config.cache.dir) / META).is_file():
             lines.append(
                 f"warning: cache.dir {config.cache.dir} holds no complete teacher cache yet; build it with "
@@ -148,7 +140,7 @@ def _artifact_lines(config: Config) -> list[str]:
 
 def shipped_configs() -> list[Path]:
     """The recipes in the repository's configs/ (next to src/), or ./configs."""
-    roots = [Path(kdkit.__file__).resolve().parents[2] / "configs", Path("configs")]
+    roots = [Path(__file__).resolve().parents[2] / "configs", Path("configs")]
     for root in roots:
         if root.is_dir():
             return sorted(root.glob("*.yaml"))

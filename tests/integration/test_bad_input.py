@@ -190,12 +190,13 @@ def test_out_of_memory_names_the_knobs(
     cfg: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import kdkit.train.loop as loop
+    from kdkit.train.checkpoint import TrainerState
 
     real = loop._accumulate
 
     def accumulate(*args: object, **kwargs: object) -> object:
-        state = args[6]
-        if state.step == 1:  # type: ignore[attr-defined]
+        state = next(a for a in args if isinstance(a, TrainerState))
+        if state.step == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(*args, **kwargs)
 

@@ -133,10 +133,11 @@ def test_validate_and_ls(tiny_teacher: Path, tiny_csv: Path, tmp_path: Path) -> 
         and "kd " in proc.stdout
         and "minilm-l6" in proc.stdout
         and ".yaml" in proc.stdout
+        and "a Q4_1 GGUF dequantized to fp32" in proc.stdout  # the packaged SmolLM2, labelled honestly
     )
     from kdkit.cli import main
 
-    for command in ("distill", "finetune", "eval", "validate", "ls", "demo"):
+    for command in ("distill", "finetune", "eval", "validate", "ls", "demo", "kb"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0

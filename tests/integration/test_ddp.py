@@ -22,10 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, BertForSequenceClassification
 
+from kdkit.commands.cache import build_cache_for_config
+from kdkit.retrieval.command import build_kb_for_config
 from kdkit.retrieval.kb import KnowledgeBase
-from kdkit.retrieval.resolve import build_kb_for_config
-from kdkit.teacher.build import build_cache_for_config
-from kdkit.train.run import distill, finetune
+from kdkit.train.run import distill, finetune, resolve_teacher
 from tests.conftest import tiny_config
 from tests.integration.test_cli_tiny import write_config
 
@@ -124,7 +124,7 @@ def test_cache_and_kb_build_split_the_teacher_pass(teacher0: Path, tiny_csv: Pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp_kb = KnowledgeBase.load(tmp_path / "kb")
     assert ddp_kb.meta["teacher_pass_processes"] == 2
-    _, single_kb = build_kb_for_config(config, output=tmp_path / "single-kb")
+    _, single_kb = build_kb_for_config(config, output=tmp_path / "single-kb", resolve_teacher=resolve_teacher)
     torch.testing.assert_close(ddp_kb.keys, single_kb.keys, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ddp_kb.soft_labels, single_kb.soft_labels)
     assert AutoConfig.from_pretrained(teacher0).hidden_dropout_prob == 0.0

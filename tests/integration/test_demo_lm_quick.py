@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from kdkit.demo_lm import run_demo_lm
+from tests.conftest import SHARED_DATA
 
 
 @pytest.mark.slow
-def test_demo_lm_quick_runs_and_reports(tmp_path: Path) -> None:
+def test_demo_lm_quick_runs_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KDKIT_DATA_ROOT", str(SHARED_DATA))  # the recipes' local copy of dolly
     rows = run_demo_lm(tmp_path / "demo", quick=True)
     assert [r["model"].split(",")[-1].strip() for r in rows][2:] == ["forward_kl", "atkd"]
     teacher, before, fkl, atkd = rows

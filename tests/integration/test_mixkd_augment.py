@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from kdkit.config import DataConfig
-from kdkit.data.augment import generate_texts, read_texts, teacher_labelled
+from kdkit.data.augment import read_texts, teacher_labelled
 from kdkit.data.task_data import Split
 from kdkit.errors import KdkitError
+from kdkit.models.paraphrase import generate_texts
 from kdkit.train.run import distill
 from tests.conftest import sentiment_rows, tiny_config, tiny_lm_tokenizer
 

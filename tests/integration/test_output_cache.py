@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kdkit.commands.cache import build_cache_for_config
 from kdkit.errors import KdkitError
 from kdkit.teacher import TeacherCache
 from kdkit.teacher import build as cache_build
-from kdkit.teacher.build import build_cache_for_config
 from kdkit.train.run import distill
 from tests.conftest import tiny_config
 from tests.integration.test_cli_tiny import kdkit, write_config
@@ -54,7 +54,7 @@ def test_lm_cache_with_every_logit_equals_live_distillation(
     assert meta["kind"] == "topk" and meta["num_examples"] == 48 and len(meta["shards"]) == 3
 
     live = distill({**config, "cache": {}}, overwrite=True)
-    monkeypatch.setattr("kdkit.train.run_lm.load_causal_lm", _no_teacher)
+    monkeypatch.setattr("kdkit.family.causal_lm.load_causal_lm", _no_teacher)
     cached = distill({**config, "output_dir": str(tmp_path / "cached")}, overwrite=True)
     _assert_same_weights(live.output_dir, cached.output_dir, atol=1e-5)
     assert cached.metrics["validation"]["perplexity"] == pytest.approx(
@@ -91,7 +91,7 @@ def test_classifier_cache_equals_live_and_never_loads_the_teacher(
     assert proc.returncode == 0 and f"teacher cache: {tmp_path / 'c'} (72 examples, logits)" in proc.stdout
 
     live = distill({**config, "cache": {}}, overwrite=True)
-    monkeypatch.setattr("kdkit.train.run.load_teacher", _no_teacher)
+    monkeypatch.setattr("kdkit.family.classifier.load_teacher_classifier", _no_teacher)
     cached = distill({**config, "output_dir": str(tmp_path / "cached")}, overwrite=True)
     _assert_same_weights(live.output_dir, cached.output_dir, atol=1e-6)
     assert cached.metrics["validation"]["accuracy"] == live.metrics["validation"]["accuracy"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from tests.conftest import tiny_config
 from tests.integration.test_lm_tiny import lm_config
 from tests.unit.report.helpers import summary_rows
 
-CHROMIUM = Path("/usr/bin/chromium")
+# the Chromium binaries looked up on PATH, in order; scripts/install-system-deps.sh installs Debian's `chromium`
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -52,19 +54,29 @@ def tiny_runs(tiny_teacher: Path, tiny_csv: Path, tmp_path_factory: pytest.TempP
         yield root
 
 
-def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    assert CHROMIUM.is_file(), (
-        f"{CHROMIUM} is missing: the report test renders the page in headless Chromium; "
-        "install it with `apt-get install -y chromium` (.ci/run does)"
+def chromium_binary() -> str:
+    """The first Chromium on PATH; fails (never skips) without one: the report test needs a browser."""
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail(
+        f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}): the report test renders its page "
+        "in headless Chromium; run scripts/install-system-deps.sh or install one of them",
+        pytrace=False,
     )
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path)
-    cmd = [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args]
+    cmd = [chromium_binary(), *FLAGS, f"--user-data-dir={profile}", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 
 
 def test_report_renders_in_chromium_with_the_numbers_of_metrics_json(tiny_runs: Path, tmp_path: Path) -> None:
+    chromium_binary()  # fail first, with the fix, where no Chromium is installed
     out = tmp_path / "report"
     assert main(["report", str(tiny_runs / "kd"), str(tiny_runs / "nokd"), "--output", str(out)]) == 0
     page = out / "report.html"

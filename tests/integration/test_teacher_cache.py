@@ -9,7 +9,7 @@ import pytest
 
 import kdkit
 from kdkit.config import load_config
-from kdkit.train.teacher import teacher_cache_dir
+from kdkit.teacher.finetuned import teacher_cache_dir
 from tests.conftest import tiny_bert, tiny_config
 
 

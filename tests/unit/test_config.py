@@ -88,3 +88,37 @@ def test_bad_yaml_file(tmp_path: Path) -> None:
 def test_bare_no_on_the_command_line_is_the_string_no() -> None:
     # YAML 1.1 reads `no` as false; mixed_precision's choices include the string "no"
     assert load_config({}, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+
+
+def test_a_local_copy_is_used_only_under_a_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recipes name the real source; ``data.local`` switches to a copy found under the data root."""
+    raw = {
+        "data": {
+            "dataset": "nyu-mll/glue",
+            "subset": "sst2",
+            "train": "train",
+            "text": "sentence",
+            "local": {"train": "sst2/train.tsv", "validation": "sst2/dev.tsv", "text": "txt"},
+        }
+    }
+    monkeypatch.delenv("KDKIT_DATA_ROOT", raising=False)
+    hub = load_config(raw).data
+    assert (hub.dataset, hub.subset, hub.train, hub.text) == ("nyu-mll/glue", "sst2", "train", "sentence")
+    monkeypatch.setenv("KDKIT_DATA_ROOT", str(tmp_path))
+    assert load_config(raw).data.dataset == "nyu-mll/glue"  # a root without the copy: still the source
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.tsv").write_text("txt\tlabel\na\t0\n")
+    local = load_config(raw).data
+    assert (local.dataset, local.subset, local.train, local.validation) == (
+        None,
+        None,
+        "sst2/train.tsv",
+        "sst2/dev.tsv",
+    )
+    assert local.text == "txt" and local.local == {}
+    monkeypatch.delenv("KDKIT_DATA_ROOT")
+    assert load_config(raw, [f"data.root={tmp_path}"]).data.train == "sst2/train.tsv"
+    with pytest.raises(KdkitError, match=r"'data.local.dataset' is not a key a local copy sets"):
+        load_config({"data": {"local": {"dataset": "x"}}})
+    with pytest.raises(KdkitError, match=r"'data.local.trian'.*did you mean 'train'"):
+        load_config({"data": {"local": {"trian": "x"}}})

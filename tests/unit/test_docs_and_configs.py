@@ -50,9 +50,20 @@ def test_configs_are_shipped() -> None:
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_config_validates(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(ROOT)  # recipes read data.root=../shared/data relative to the repo
+    monkeypatch.setenv("KDKIT_DATA_ROOT", str(SHARED_DATA))  # recipes find their local copies (data.local)
     lines = validate(path)
     assert any(line.startswith("data:") for line in lines)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_name_their_real_source(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a data root a recipe reads the real dataset (a hub name or a packaged asset), never a path of
+    this repository's surroundings."""
+    monkeypatch.delenv("KDKIT_DATA_ROOT", raising=False)
+    raw = yaml.safe_load(path.read_text())
+    assert "root" not in raw["data"] and "shared" not in path.read_text()
+    data = load_config(path).data
+    assert data.dataset or data.train in ("tweets",), path.name
 
 
 def test_demo_config_is_the_shipped_recipe() -> None:

@@ -5,6 +5,7 @@ DeepSpeed on GPUs only); what runs here is everything around them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,9 +16,9 @@ from transformers import AutoModelForCausalLM
 
 from kdkit.config import TrainConfig, load_config
 from kdkit.errors import KdkitError
-from kdkit.methods.base import TaskLoss
+from kdkit.methods.base import LossContext, TaskLoss
+from kdkit.runtime import make_accelerator
 from kdkit.train.loop import Trainee
-from kdkit.train.run import make_accelerator
 from kdkit.train.sharding import rebuild, student_state, whole_student
 from tests.conftest import bert_classifier
 
@@ -64,22 +65,27 @@ def test_deepspeed_launch_checks(monkeypatch: pytest.MonkeyPatch) -> None:
         make_accelerator(load_config({}))
 
 
+def _task_loss(student: Any) -> TaskLoss:
+    ctx = LossContext("classification", 3, None, student.config)
+    return TaskLoss(TaskLoss.Config(), ctx)
+
+
 def test_trainee_names_the_blocks_fsdp_wraps() -> None:
     student = bert_classifier()
-    assert Trainee(student, TaskLoss("classification"))._no_split_modules == student._no_split_modules
+    assert Trainee(student, _task_loss(student))._no_split_modules == student._no_split_modules
     assert "BertLayer" in student._no_split_modules
 
 
 def test_whole_student_without_sharding_is_the_trained_module() -> None:
     student = bert_classifier()
     accelerator = Accelerator(cpu=True)
-    trainee = accelerator.prepare(Trainee(student, TaskLoss("classification")))
+    trainee = accelerator.prepare(Trainee(student, _task_loss(student)))
     assert whole_student(accelerator, trainee, student) is student
 
 
 def test_rebuild_from_a_gathered_state_dict() -> None:
     student = bert_classifier(seed=1)
-    trainee = Trainee(student, TaskLoss("classification"))
+    trainee = Trainee(student, _task_loss(student))
     state = student_state(trainee.state_dict())
     assert set(state) == set(student.state_dict())
     copy = rebuild(bert_classifier(seed=2), state)

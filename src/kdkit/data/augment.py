@@ -1,7 +1,6 @@
-"""Extra unlabeled training text for MixKD (Liang et al., ICLR 2021, Section 3.2: data augmentation by
-back-translation): read from a file, or produced by a Hugging Face seq2seq model (paraphraser,
-translator); the teacher labels it (its predicted class, or its value for regression), so no gold labels
-are needed, and the examples join the training pool that pairs are drawn from.
+"""Extra unlabeled training text: read from a file with the data's columns (or rewritten by a seq2seq
+model, ``kdkit.models.paraphrase``), then labelled by the teacher (its predicted class, or its value for
+regression), so no gold labels are needed, and appended to the training split.
 
 For text pairs (MRPC, STS-B) a generated example rewrites the first text and keeps the second; a file
 gives both columns.
@@ -12,8 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from kdkit.config import DataConfig
 from kdkit.data.sources import resolve_data_path
@@ -39,46 +36,6 @@ def read_texts(path: str, data: DataConfig) -> tuple[list[str], list[str] | None
         raise KdkitError(f"augmentation file '{resolved}' has no non-empty texts")
     pairs = frame[columns[1]].astype(str).tolist() if len(columns) == 2 else None
     return frame[columns[0]].astype(str).tolist(), pairs
-
-
-@torch.no_grad()
-def generate_texts(
-    model_name: str,
-    texts: list[str],
-    *,
-    per_example: int = 1,
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    temperature: float = 1.0,
-    top_p: float = 0.9,
-    seed: int = 0,
-) -> list[str]:
-    """``per_example`` sampled rewrites of every text by a seq2seq model, in order (text 0's first)."""
-    from transformers import AutoModelForSeq2SeqLM, GenerationConfig
-
-    from kdkit.models.load import _from_pretrained, load_tokenizer
-
-    model = _from_pretrained(AutoModelForSeq2SeqLM, model_name).eval()
-    tokenizer = load_tokenizer(model_name)
-    gen = GenerationConfig(
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=0,
-        max_new_tokens=max_new_tokens,
-        num_return_sequences=per_example,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=model.config.decoder_start_token_id,
-    )
-    out: list[str] = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for i in tqdm(range(0, len(texts), batch_size), desc="augmenting", leave=False):
-            enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True)
-            ids = model.generate(**enc, generation_config=gen)
-            out += [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    return out
 
 
 def teacher_labelled(texts: list[str], pairs: list[str] | None, predict: Any, task: str) -> Split:

@@ -19,6 +19,7 @@ from kdkit.data.lm_encode import (
     join_response,
     left_pad,
     prompt_token_ids,
+    shift_labels,
 )
 from kdkit.data.lm_read import (
     LMData,
@@ -48,5 +49,6 @@ __all__ = [
     "load_lm_data",
     "load_lm_file",
     "prompt_token_ids",
+    "shift_labels",
     "with_responses",
 ]

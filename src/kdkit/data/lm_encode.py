@@ -308,3 +308,10 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
             input_ids[b, -len(row) :] = torch.tensor(row, dtype=torch.long)
             mask[b, -len(row) :] = 1
     return input_ids, mask
+
+
+def shift_labels(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets, mask), each (B, T - 1): the token each position predicts and whether it counts."""
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE
+    return labels.masked_fill(~mask, 0), mask

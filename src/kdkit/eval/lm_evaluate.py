@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from kdkit.config import Config, load_config
+from kdkit.config import Config
 from kdkit.data.lm import (
     LMCollator,
     LMData,
@@ -18,7 +18,6 @@ from kdkit.data.lm import (
     LMSplit,
     encode_lm,
     encode_prompts,
-    load_lm_data,
     load_lm_file,
 )
 from kdkit.data.task_data import seeded_subset
@@ -94,26 +93,3 @@ def lm_metrics(
             ]
             atomic_write_text(generations_file, "\n".join(rows) + "\n")
     return metrics
-
-
-def evaluate_lm_saved(
-    model_dir: str | Path,
-    config: Config | dict[str, Any] | str | Path,
-    overrides: list[str] | None = None,
-    splits: list[str] | None = None,
-) -> dict[str, Any]:
-    """`kdkit eval` for a causal LM: perplexity and ROUGE-L of the model in ``model_dir``."""
-    from kdkit.models import load_causal_lm, load_tokenizer
-    from kdkit.train.run import make_accelerator
-    from kdkit.train.run_lm import lm_tokenizer
-
-    config = load_config(config, overrides)
-    model_dir = str(model_dir)
-    accelerator = make_accelerator(config)
-    model = load_causal_lm(model_dir).to(accelerator.device)
-    tokenizer = lm_tokenizer(load_tokenizer(model_dir))
-    data = load_lm_data(config.data)
-    results: dict[str, Any] = {"model": model_dir}
-    for name, split in eval_sets(data, config, splits).items():
-        results[name] = lm_metrics(model, tokenizer, split, config, accelerator, vocab_size=len(tokenizer))
-    return results

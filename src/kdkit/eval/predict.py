@@ -47,3 +47,37 @@ def to_predictions(logits: np.ndarray, task: str) -> np.ndarray:
 
 def describe(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+class ClassifierPredictor:
+    """Class probabilities of a saved classifier for texts (what `kdkit predict` serves for a plain run)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int = 128) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @torch.no_grad()
+    def predict_proba(
+        self,
+        texts: list[str],
+        text_pairs: list[str] | None = None,
+        *,
+        batch_size: int = 32,
+        retrieval: bool = True,
+    ) -> np.ndarray:
+        """(N, C) softmax of the model's logits (``retrieval`` is ignored: a plain model has none)."""
+        out = []
+        for start in range(0, len(texts), batch_size):
+            chunk = slice(start, start + batch_size)
+            pairs = None if text_pairs is None else text_pairs[chunk]
+            enc = self.tokenizer(
+                texts[chunk],
+                pairs,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            out.append(torch.softmax(self.model(**enc).logits.float(), -1))
+        return torch.cat(out).numpy() if out else np.zeros((0, self.model.config.num_labels), np.float32)

@@ -22,7 +22,7 @@ _VALID_TOKEN = re.compile(r"^[a-z0-9]+$")
 
 @lru_cache(maxsize=1)
 def _porter() -> Callable[[str], str]:
-    try:
+    try:  # nltk: heavy, and only ROUGE-L with stemming needs it
         from nltk.stem import porter
     except ImportError as err:  # nltk comes with rouge-score; kdkit itself does not need it otherwise
         raise KdkitError(

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from kdkit.errors import KdkitError
 from kdkit.losses.atkd import _check_atkd_options, _decoupled_tokens, _hard_split, _target_split
 from kdkit.losses.divergences import DIVERGENCES, _counted_index, token_divergence
 
@@ -38,23 +37,23 @@ from kdkit.losses.divergences import DIVERGENCES, _counted_index, token_divergen
 
 @contextmanager
 def _as_user_error(where: str) -> Iterator[None]:
-    """Re-raise the pure losses' ValueError/TypeError (bad hyper-parameters) as a one-line KdkitError."""
+    """Prefix the inner losses' ValueError/TypeError (bad hyper-parameters) with the entry point's name."""
     try:
         yield
     except (ValueError, TypeError) as err:
-        raise KdkitError(f"{where}: {err}") from None
+        raise ValueError(f"{where}: {err}") from None
 
 
 def _check_head(name: str, hidden: Tensor, weight: Tensor, bias: Tensor | None, where: str) -> None:
     if hidden.dim() not in (2, 3):
-        raise KdkitError(f"{where}: {name}_hidden must be (B, T, D) or (N, D), got {tuple(hidden.shape)}")
+        raise ValueError(f"{where}: {name}_hidden must be (B, T, D) or (N, D), got {tuple(hidden.shape)}")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise KdkitError(
+        raise ValueError(
             f"{where}: {name}_weight must be (V, D) with D = {hidden.shape[-1]} (the hidden size), "
             f"got {tuple(weight.shape)}; pass the LM head's weight, not its transpose"
         )
     if bias is not None and bias.shape != weight.shape[:1]:
-        raise KdkitError(f"{where}: {name}_bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+        raise ValueError(f"{where}: {name}_bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
 def _check_inputs(
@@ -74,7 +73,7 @@ def _check_inputs(
     _check_head("teacher", t_hidden, t_weight, t_bias, where)
     lead = s_hidden.shape[:-1]
     if t_hidden.shape[:-1] != lead:
-        raise KdkitError(
+        raise ValueError(
             f"{where}: student and teacher hidden states cover different tokens: "
             f"{tuple(lead)} vs {tuple(t_hidden.shape[:-1])}; feed both models the same batch"
         )
@@ -86,17 +85,17 @@ def _check_sizes(
 ) -> int:
     """The mask, vocabulary size (at most ``rows``, the smaller head's) and chunk size; returns the vocab."""
     if mask is not None and (mask.shape != lead or mask.dtype != torch.bool):
-        raise KdkitError(
+        raise ValueError(
             f"{where}: mask must be bool with the hidden states' leading shape {tuple(lead)}, "
             f"got {mask.dtype} {tuple(mask.shape)}"
         )
     vocab = rows if vocab_size is None else vocab_size
     if not 1 <= vocab <= rows:
-        raise KdkitError(
+        raise ValueError(
             f"{where}: vocab_size must be in [1, {rows}] (the smaller LM head's rows), got {vocab_size}"
         )
     if chunk_size < 1:
-        raise KdkitError(f"{where}: chunk_size must be >= 1, got {chunk_size}")
+        raise ValueError(f"{where}: chunk_size must be >= 1, got {chunk_size}")
     return vocab
 
 
@@ -105,14 +104,14 @@ def _counted_targets(
 ) -> Tensor:
     """(n,) ids of the counted rows, checked to be valid token ids."""
     if targets.shape != lead or targets.dtype.is_floating_point or targets.dtype == torch.bool:
-        raise KdkitError(
+        raise ValueError(
             f"{where}: targets must be integer token ids shaped {tuple(lead)}, "
             f"got {targets.dtype} {tuple(targets.shape)}"
         )
     flat = targets.reshape(-1)
     ids = flat if index is None else flat.index_select(0, index)
     if ids.numel() and bool(((ids < 0) | (ids >= vocab)).any()):
-        raise KdkitError(f"{where}: counted targets must be token ids in [0, {vocab}); mask out the others")
+        raise ValueError(f"{where}: counted targets must be token ids in [0, {vocab}); mask out the others")
     return ids
 
 
@@ -269,11 +268,11 @@ def chunked_token_loss(
         With no counted token both are 0, still connected to student_hidden and student_weight.
 
     Raises:
-        KdkitError: bad shapes, sizes, names or options (one line: what, where, how to fix).
+        ValueError: bad shapes, sizes, names or options (one line: what, where, how to fix).
     """
     where = "chunked_token_loss"
     if divergence not in DIVERGENCES:
-        raise KdkitError(
+        raise ValueError(
             f"{where}: unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}"
         )
     with _as_user_error(where):  # options are checked once, up front, on a dummy token
@@ -348,7 +347,7 @@ def chunked_atkd_loss(
         counted tokens, from the same chunk logits. Both 0 (connected to the student) if none count.
 
     Raises:
-        KdkitError: bad shapes, sizes or options.
+        ValueError: bad shapes, sizes or options.
     """
     where = "chunked_atkd_loss"
     vocab = _check_inputs(

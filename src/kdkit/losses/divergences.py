@@ -29,9 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DIVERGENCES = ("forward_kl", "generalized_jsd", "reverse_kl", "skew_kl", "tvd")
-
-
 # ---------------------------------------------------------------- validation and masking helpers
 
 
@@ -146,7 +143,9 @@ def _tvd_tokens(student_logits: Tensor, teacher_logits: Tensor, temperature: flo
     return 0.5 * (p - q).abs().sum(-1)
 
 
-_TOKEN_FNS: dict[str, Callable[..., Tensor]] = {
+# name -> per-token function (student_logits, teacher_logits, **kwargs) -> (...) divergences: the one place a
+# new token-level divergence is added; the chunked and cached (top-k) losses take any name listed here.
+DIVERGENCES: dict[str, Callable[..., Tensor]] = {
     "forward_kl": _forward_kl_tokens,
     "generalized_jsd": _generalized_jsd_tokens,
     "reverse_kl": _reverse_kl_tokens,
@@ -173,13 +172,13 @@ def token_divergence(
     Returns:
         (...) float32 per-token divergences, summed over the vocabulary.
     """
-    if name not in _TOKEN_FNS:
+    if name not in DIVERGENCES:
         raise ValueError(f"unknown divergence {name!r}; choose one of {', '.join(DIVERGENCES)}")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"logit shapes differ: student {tuple(student_logits.shape)}, teacher {tuple(teacher_logits.shape)}"
         )
-    return _TOKEN_FNS[name](student_logits, teacher_logits, **kwargs)
+    return DIVERGENCES[name](student_logits, teacher_logits, **kwargs)
 
 
 def _masked_mean(

@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdkit.errors import KdkitError
 from kdkit.losses.atkd import _binary_kl, _check_atkd_options, _decoupled_tokens, _hard_split
 from kdkit.losses.chunked import _as_user_error, _ce_sum, _chunk_logits, _counted_targets, _Head, _run_chunks
 from kdkit.losses.divergences import DIVERGENCES, _counted_index, token_divergence
@@ -192,17 +191,17 @@ def _cross_entropy_sum(
 
 def _check(teacher: TopKTeacher, n: int, vocab: int, tail: str, chunk_size: int, where: str) -> None:
     if tail not in TAILS:
-        raise KdkitError(f"{where}: tail must be one of {', '.join(TAILS)}, got {tail!r}")
+        raise ValueError(f"{where}: tail must be one of {', '.join(TAILS)}, got {tail!r}")
     if chunk_size < 1:
-        raise KdkitError(f"{where}: chunk_size must be >= 1, got {chunk_size}")
+        raise ValueError(f"{where}: chunk_size must be >= 1, got {chunk_size}")
     idx, lp = teacher.indices, teacher.logprobs
     if idx.dim() != 2 or lp.shape != idx.shape or idx.shape[0] != n:
-        raise KdkitError(
+        raise ValueError(
             f"{where}: the cached teacher has {tuple(idx.shape)} ids and {tuple(lp.shape)} log-probs for {n} "
             "counted tokens; the cache does not match this batch (rebuild it with `kdkit cache`)"
         )
     if idx.numel() and int(idx.max()) >= vocab:
-        raise KdkitError(
+        raise ValueError(
             f"{where}: cached token ids reach {int(idx.max())}, beyond the vocabulary of {vocab}"
         )
 
@@ -239,7 +238,7 @@ def topk_token_loss(
     """
     where = "topk_token_loss"
     if divergence not in DIVERGENCES:
-        raise KdkitError(
+        raise ValueError(
             f"{where}: unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}"
         )
     with _as_user_error(where):
@@ -306,7 +305,7 @@ def topk_atkd_loss(
     """
     where = "topk_atkd_loss"
     if teacher.target_logprobs is None:
-        raise KdkitError(f"{where}: ATKD needs the teacher's target log-probabilities; rebuild the cache")
+        raise ValueError(f"{where}: ATKD needs the teacher's target log-probabilities; rebuild the cache")
     with _as_user_error(where):
         _check_atkd_options(vocab_size, hard_ratio, easy_weight, temperature, scope, student_hidden.dim())
     student, index = _student_rows(student_hidden, student_weight, student_bias, mask, vocab_size)

@@ -20,16 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from kdkit.config import MethodConfig
 from kdkit.errors import KdkitError
-from kdkit.methods.lm_base import ATKDLoss, check_causal_lm, check_common
-
-needs_teacher = True
-# the paper the method follows (model cards, reports)
-PAPER = 'Zhong et al., "Revisiting Knowledge Distillation for Autoregressive Language Models", ACL 2024 (arXiv 2402.11890)'
+from kdkit.methods.lm_base import ATKDLoss, check_common
 
 
 @dataclass
-class Config:
+class ATKDConfig(MethodConfig):
     """ATKD (Zhong et al., ACL 2024) on forward or reverse KL."""
 
     name: str = "atkd"  # method name
@@ -49,9 +46,7 @@ class Config:
                 raise KdkitError(f"config key 'method.{key}' must be in [0, 1], got {value}")
 
 
-def check(config: Config, task: str) -> None:
-    check_causal_lm(config.name, task)
-
-
-class Loss(ATKDLoss):
-    pass
+class ATKD(ATKDLoss):
+    name = "atkd"
+    paper = 'Zhong et al., "Revisiting Knowledge Distillation for Autoregressive Language Models", ACL 2024 (arXiv 2402.11890)'
+    Config = ATKDConfig

@@ -10,15 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kdkit.methods.lm_base import DivergenceLoss, check_causal_lm, check_common
-
-needs_teacher = True
-# the paper the method follows (model cards, reports)
-PAPER = 'Hinton et al. 2015, per token as word-level KD in Kim and Rush, "Sequence-Level Knowledge Distillation", EMNLP 2016'
+from kdkit.config import MethodConfig
+from kdkit.methods.lm_base import DivergenceLoss, check_common
 
 
 @dataclass
-class Config:
+class ForwardKLConfig(MethodConfig):
     """Token-level forward KL(p || q) (word-level KD)."""
 
     name: str = "forward_kl"  # method name
@@ -30,11 +27,10 @@ class Config:
         check_common(self)
 
 
-def check(config: Config, task: str) -> None:
-    check_causal_lm(config.name, task)
-
-
-class Loss(DivergenceLoss):
+class ForwardKL(DivergenceLoss):
+    name = "forward_kl"
+    paper = 'Hinton et al. 2015, per token as word-level KD in Kim and Rush, "Sequence-Level Knowledge Distillation", EMNLP 2016'
+    Config = ForwardKLConfig
     divergence = "forward_kl"
 
     def divergence_kwargs(self) -> dict[str, Any]:

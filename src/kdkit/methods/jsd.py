@@ -8,16 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kdkit.config import MethodConfig
 from kdkit.errors import KdkitError
-from kdkit.methods.lm_base import DivergenceLoss, check_causal_lm, check_common
-
-needs_teacher = True
-# the paper the method follows (model cards, reports)
-PAPER = 'Agarwal et al., "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes", ICLR 2024 (GKD)'
+from kdkit.methods.lm_base import DivergenceLoss, check_common
 
 
 @dataclass
-class Config:
+class JSDConfig(MethodConfig):
     """Generalized JSD_beta (GKD loss, Agarwal et al. 2024)."""
 
     name: str = "jsd"  # method name
@@ -32,11 +29,10 @@ class Config:
             raise KdkitError(f"config key 'method.beta' must be in [0, 1], got {self.beta}")
 
 
-def check(config: Config, task: str) -> None:
-    check_causal_lm(config.name, task)
-
-
-class Loss(DivergenceLoss):
+class JSD(DivergenceLoss):
+    name = "jsd"
+    paper = 'Agarwal et al., "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes", ICLR 2024 (GKD)'
+    Config = JSDConfig
     divergence = "generalized_jsd"
 
     def divergence_kwargs(self) -> dict[str, Any]:

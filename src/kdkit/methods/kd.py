@@ -23,17 +23,14 @@ from typing import Any, Literal
 
 from torch import nn
 
+from kdkit.config import MethodConfig
 from kdkit.errors import KdkitError
 from kdkit.losses import hidden_mse, kd_loss, kd_mse_loss
-from kdkit.methods.base import LossContext, LossOutput
-
-needs_teacher = True
-# the paper the method follows (model cards, reports)
-PAPER = 'Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network", 2015 (arXiv 1503.02531)'
+from kdkit.methods.base import CLASSIFIER_TASKS, Batch, LossContext, LossOutput, Method
 
 
 @dataclass
-class Config:
+class KDConfig(MethodConfig):
     """Vanilla KD (Hinton et al., 2015)."""
 
     name: str = "kd"  # method name
@@ -52,16 +49,6 @@ class Config:
             raise KdkitError(f"config key 'method.hidden_weight' must be >= 0, got {self.hidden_weight}")
 
 
-def check(config: Config, task: str) -> None:
-    if task == "causal_lm":
-        raise KdkitError(
-            "method 'kd' is for classifiers; for task: causal_lm use forward_kl, reverse_kl, jsd, skew_kl, "
-            "tvd or atkd"
-        )
-    if task == "regression" and config.distance == "kl":
-        raise KdkitError("method 'kd' on a regression task needs method.distance=mse (one real output)")
-
-
 def default_layer_map(student_layers: list[int] | None, n_student: int, n_teacher: int) -> list[int]:
     """The teacher layers a student was cut from; else evenly spaced, ending at the top layer."""
     if student_layers is not None and len(student_layers) == n_student:
@@ -69,16 +56,36 @@ def default_layer_map(student_layers: list[int] | None, n_student: int, n_teache
     return [(k + 1) * n_teacher // n_student - 1 for k in range(n_student)]
 
 
-class Loss(nn.Module):
-    def __init__(self, config: Config, ctx: LossContext) -> None:
-        super().__init__()
-        check(config, ctx.task)
-        self.config = config
-        self.task = ctx.task
-        self.needs_hidden_states = config.hidden_weight > 0
+class KD(Method):
+    """Vanilla KD, with an optional hidden-state transfer term (see the module docstring)."""
+
+    name = "kd"
+    paper = (
+        'Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network", 2015 (arXiv 1503.02531)'
+    )
+    Config = KDConfig
+    tasks = CLASSIFIER_TASKS
+    config: KDConfig
+
+    @classmethod
+    def check(cls, config: MethodConfig, task: str) -> None:
+        if task == "causal_lm":
+            raise KdkitError(
+                "method 'kd' is for classifiers; for task: causal_lm use forward_kl, reverse_kl, jsd, skew_kl, "
+                "tvd or atkd"
+            )
+        if task == "regression" and getattr(config, "distance", "kl") == "kl":
+            raise KdkitError("method 'kd' on a regression task needs method.distance=mse (one real output)")
+
+    @classmethod
+    def needs_hidden_states(cls, config: MethodConfig) -> bool:
+        return getattr(config, "hidden_weight", 0.0) > 0
+
+    def __init__(self, config: KDConfig, ctx: LossContext) -> None:
+        super().__init__(config, ctx)
         self.layer_map: list[int] = []
         self.proj = nn.ModuleList()
-        if self.needs_hidden_states:
+        if self.needs_hidden_states(config):
             if not ctx.same_tokenizer:
                 raise KdkitError(
                     "method.hidden_weight > 0 pairs tokens, so teacher and student need the same tokenizer"
@@ -99,7 +106,7 @@ class Loss(nn.Module):
                     nn.init.zeros_(lin.bias)
                 self.proj.append(lin)
 
-    def forward(self, student_out: Any, teacher_out: Any, batch: dict[str, Any]) -> LossOutput:
+    def forward(self, student_out: Any, teacher_out: Any, batch: Batch) -> LossOutput:
         c = self.config
         s, t = student_out.logits, teacher_out.logits.detach()
         labels = batch.get("labels")
@@ -110,7 +117,7 @@ class Loss(nn.Module):
             loss = kd_loss(s, t, labels, temperature=c.temperature, alpha=c.alpha)
             distill = kd_loss(s, t, None, temperature=c.temperature)
         parts = {"kd": distill.detach()}
-        if self.needs_hidden_states:
+        if self.layer_map:
             # hidden_states[0] is the embedding output; layer l's output is hidden_states[l + 1]
             hs = [p(h) for p, h in zip(self.proj, student_out.hidden_states[1:], strict=True)]
             ht = [teacher_out.hidden_states[i + 1].detach() for i in self.layer_map]

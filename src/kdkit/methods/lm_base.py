@@ -14,55 +14,34 @@ predicts token t + 1, so hidden states and logits are shifted left by one and th
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdkit.config import MethodConfig
+from kdkit.data.lm_encode import IGNORE, shift_labels
 from kdkit.errors import KdkitError
+from kdkit.losses.atkd import atkd_loss
 from kdkit.losses.chunked import chunked_atkd_loss, chunked_cross_entropy, chunked_token_loss
-from kdkit.losses.topk import TopKTeacher, topk_atkd_loss, topk_token_loss
-from kdkit.methods.base import LossContext, LossOutput
+from kdkit.losses.divergences import token_divergence
+from kdkit.losses.topk import topk_atkd_loss, topk_token_loss
+from kdkit.methods.base import LM_TASKS, Batch, FinetuneConfig, LossContext, LossOutput, Method
+from kdkit.models.causal_lm import LMOutputs, chunkable, lm_forward
 
-IGNORE = -100
-
-
-@dataclass
-class LMOutputs:
-    """One model's outputs for the token loss: hidden states + LM head, or full logits."""
-
-    hidden: Tensor | None  # (B, T, D) final hidden states (after the final norm)
-    weight: Tensor | None  # (V, D) LM head
-    bias: Tensor | None  # (V,) or None
-    logits: Tensor | None = None  # (B, T, V) when the model cannot be chunked
-    topk: TopKTeacher | None = None  # teacher read from a cache (`kdkit cache`): top-k of counted tokens
+shift = shift_labels  # (targets, mask) of a batch: see kdkit.data.lm_encode.shift_labels
+__all__ = ["IGNORE", "LMOutputs", "chunkable", "lm_forward", "shift"]
 
 
-def chunkable(model: nn.Module) -> bool:
-    """True when the model's logits are exactly ``lm_head(final hidden state)``."""
-    cfg = model.config
-    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1.0):
-        return False
-    head = model.get_output_embeddings()
-    return isinstance(head, nn.Linear)
-
-
-def lm_forward(model: nn.Module, inputs: dict[str, Tensor], chunked: bool) -> LMOutputs:
-    """Final hidden states and LM head (chunked path) or full logits (fallback) of a causal LM."""
-    if chunked and chunkable(model):
-        hidden = model.base_model(**inputs).last_hidden_state
-        head = model.get_output_embeddings()
-        return LMOutputs(hidden, head.weight, head.bias)
-    return LMOutputs(None, None, None, model(**inputs).logits)
-
-
-def shift(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    """(targets, mask), each (B, T - 1): the token each position predicts and whether it counts."""
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE
-    return labels.masked_fill(~mask, 0), mask
+@contextmanager
+def _as_kdkit_errors(where: str) -> Iterator[None]:
+    """The pure losses raise ValueError for bad arguments; a run reports them as one-line KdkitErrors."""
+    try:
+        yield
+    except ValueError as err:
+        raise KdkitError(f"method {where}: {err}") from None
 
 
 def check_causal_lm(name: str, task: str) -> None:
@@ -85,26 +64,28 @@ def check_common(config: Any) -> None:
         )
 
 
-# (student, teacher, targets, mask, full logits?) -> (distillation loss, student CE or None)
-TokenLossFn = Callable[[LMOutputs, LMOutputs, Tensor, Tensor], tuple[Tensor, Tensor | None]]
+class LMLoss(Method):
+    """``distill + ce_weight * CE(student, labels)`` for one batch, distill given by ``token_loss``.
 
+    The base of every token-level method: the configs carry ``temperature``, ``ce_weight`` and
+    ``chunk_size`` (``check_common``)."""
 
-class LMLoss(nn.Module):
-    """``distill + ce_weight * CE(student, labels)`` for one batch, distill given by ``token_loss``."""
+    tasks = LM_TASKS
+    config: Any
 
-    needs_hidden_states = False
+    @classmethod
+    def check(cls, config: MethodConfig, task: str) -> None:
+        check_causal_lm(cls.name, task)
 
     def __init__(self, config: Any, ctx: LossContext) -> None:
-        super().__init__()
-        check_causal_lm(config.name, ctx.task)
-        self.config = config
+        super().__init__(config, ctx)
         self.vocab_size = ctx.vocab_size
         self.chunked = config.chunk_size > 0
 
-    def student_forward(self, student: nn.Module, batch: dict[str, Any]) -> LMOutputs:
+    def student_forward(self, student: nn.Module, batch: Batch) -> LMOutputs:
         return lm_forward(student, batch["student"], self.chunked)
 
-    def teacher_forward(self, teacher: nn.Module, batch: dict[str, Any]) -> LMOutputs:
+    def teacher_forward(self, teacher: nn.Module, batch: Batch) -> LMOutputs:
         return lm_forward(teacher, batch["teacher"], self.chunked)
 
     def token_loss(
@@ -112,14 +93,17 @@ class LMLoss(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
-    def forward(self, s: LMOutputs, t: LMOutputs, batch: dict[str, Any]) -> LossOutput:
-        targets, mask = shift(batch)
-        distill, ce = self.token_loss(s, t, targets, mask)
+    def forward(self, student_out: LMOutputs, teacher_out: LMOutputs, batch: Batch) -> LossOutput:
+        s = student_out
+        targets, mask = shift_labels(batch)
+        with _as_kdkit_errors(f"'{self.name}'"):
+            distill, ce = self.token_loss(s, teacher_out, targets, mask)
         loss = distill
         parts = {"distill": distill.detach()}
         if self.config.ce_weight > 0:
             if ce is None:
-                ce = _full_ce(s, targets, mask, self.vocab_size, self.config.chunk_size)
+                with _as_kdkit_errors(f"'{self.name}'"):
+                    ce = _full_ce(s, targets, mask, self.vocab_size, self.config.chunk_size)
             loss = loss + self.config.ce_weight * ce
         if ce is not None:
             parts["ce"] = ce.detach()
@@ -231,8 +215,6 @@ class DivergenceLoss(LMLoss):
                 targets=targets if c.ce_weight > 0 else None,
                 **kwargs,
             )
-        from kdkit.losses.divergences import token_divergence
-
         s_logits, t_logits = self._full_logits(s, t)
         per_token = token_divergence(self.divergence, s_logits, t_logits, temperature=c.temperature, **kwargs)
         distill = per_token.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)
@@ -257,28 +239,30 @@ class ATKDLoss(LMLoss):
             return topk_atkd_loss(**self._topk_args(s, t), targets=targets, mask=mask, **kwargs)
         if self._both_chunked(s, t):
             return chunked_atkd_loss(**self._chunked_args(s, t), targets=targets, mask=mask, **kwargs)
-        from kdkit.losses.atkd import atkd_loss
-
         s_logits, t_logits = self._full_logits(s, t)
         return atkd_loss(s_logits, t_logits, targets, mask, **kwargs), None
 
 
-class LMTaskLoss(nn.Module):
+class LMTaskLoss(Method):
     """Supervised fine-tuning of a causal LM (no teacher): cross-entropy on the response tokens, computed in
     chunks of ``chunk_size`` tokens from the final hidden states (``chunked_cross_entropy``), so the batch's
     full-vocabulary logits are never held at once."""
 
-    needs_hidden_states = False
+    name = "finetune"
+    paper = "none: fine-tuning on the task's labels, without a teacher"
+    Config = FinetuneConfig
+    tasks = LM_TASKS
+    needs_teacher = False
+    chunk_size = 1024  # tokens per chunk of the CE (0: the counted tokens' logits at once)
 
-    def __init__(self, vocab_size: int | None = None, chunk_size: int = 1024) -> None:
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.chunk_size = chunk_size  # tokens per chunk of the CE (0: the counted tokens' logits at once)
+    def __init__(self, config: MethodConfig, ctx: LossContext) -> None:
+        super().__init__(config, ctx)
+        self.vocab_size = ctx.vocab_size
 
-    def student_forward(self, student: nn.Module, batch: dict[str, Any]) -> LMOutputs:
+    def student_forward(self, student: nn.Module, batch: Batch) -> LMOutputs:
         return lm_forward(student, batch["student"], chunked=True)
 
-    def forward(self, s: LMOutputs, t: Any, batch: dict[str, Any]) -> LossOutput:
-        targets, mask = shift(batch)
-        ce = _full_ce(s, targets, mask, self.vocab_size, self.chunk_size)
+    def forward(self, student_out: LMOutputs, teacher_out: Any, batch: Batch) -> LossOutput:
+        targets, mask = shift_labels(batch)
+        ce = _full_ce(student_out, targets, mask, self.vocab_size, self.chunk_size)
         return LossOutput(ce, {"ce": ce.detach()})

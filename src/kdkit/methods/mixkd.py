@@ -23,13 +23,16 @@ mixed pair are those of its heavier member. lam and pairs are drawn per micro-ba
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdkit.config import MethodConfig
+from kdkit.data.augment import concat, read_texts, teacher_labelled
 from kdkit.errors import KdkitError
 from kdkit.losses import kd_mse_loss, soft_kl
 from kdkit.losses.mixup import (
@@ -40,15 +43,12 @@ from kdkit.losses.mixup import (
     sample_mixup,
     soft_cross_entropy,
 )
-from kdkit.methods.base import LossContext, LossOutput, task_loss
-
-needs_teacher = True
-# the paper the method follows (model cards, reports)
-PAPER = 'Liang et al., "MixKD: Towards Efficient Distillation of Large-scale Language Models", ICLR 2021 (arXiv 2011.00593)'
+from kdkit.methods.base import CLASSIFIER_TASKS, Batch, DataEnv, LossContext, LossOutput, Method, task_loss
+from kdkit.models.paraphrase import generate_texts
 
 
 @dataclass
-class Config:
+class MixKDConfig(MethodConfig):
     """MixKD (Liang et al., ICLR 2021): KD on original and embedding-mixup examples."""
 
     name: str = "mixkd"  # method name
@@ -77,11 +77,7 @@ class Config:
             raise KdkitError(f"config key 'method.temperature' must be > 0, got {self.temperature}")
 
 
-def check(config: Config, task: str) -> None:
-    if task == "causal_lm":
-        raise KdkitError(
-            "method 'mixkd' is for classifiers and regression; for causal_lm use forward_kl etc."
-        )
+log = logging.getLogger(__name__)
 
 
 def mixed_forward(model: nn.Module, inputs: dict[str, Tensor], lam: Tensor, perm: Tensor) -> Any:
@@ -98,35 +94,76 @@ def mixed_forward(model: nn.Module, inputs: dict[str, Tensor], lam: Tensor, perm
     return model(**kwargs)
 
 
-class Loss(nn.Module):
-    needs_hidden_states = False
-    needs_live_teacher = True  # the teacher sees the mixed embeddings: its outputs cannot be cached
+class MixKD(Method):
+    """MixKD: KD on the original examples and on embedding-mixup pairs (see the module docstring)."""
 
-    def __init__(self, config: Config, ctx: LossContext) -> None:
-        super().__init__()
-        check(config, ctx.task)
-        self.config = config
-        self.task = ctx.task
+    name = "mixkd"
+    paper = (
+        'Liang et al., "MixKD: Towards Efficient Distillation of Large-scale Language Models", ICLR 2021 '
+        "(arXiv 2011.00593)"
+    )
+    Config = MixKDConfig
+    tasks = CLASSIFIER_TASKS
+    cacheable = False  # the teacher sees the mixed embeddings: its outputs cannot be cached
+    config: MixKDConfig
+
+    @classmethod
+    def check(cls, config: MethodConfig, task: str) -> None:
+        if task == "causal_lm":
+            raise KdkitError(
+                "method 'mixkd' is for classifiers and regression; for causal_lm use forward_kl etc."
+            )
+
+    @classmethod
+    def extend_data(cls, config: MethodConfig, env: DataEnv) -> tuple[Any, int]:
+        """Section 3.2's augmentation: extra texts from ``augment_file`` or rewritten by ``augment_model``,
+        labelled by the teacher, appended to train (they join the pool that pairs are drawn from)."""
+        assert isinstance(config, MixKDConfig)
+        if not config.augment_file and not config.augment_model:
+            return env.data, 0
+        if env.label is None:
+            raise KdkitError("method.augment_file / augment_model need the live teacher to label the texts")
+        train = env.data.split("train")
+        if config.augment_file:
+            texts, pairs = read_texts(config.augment_file, env.config.data)
+        else:
+            k = config.augment_per_example
+            texts = generate_texts(
+                config.augment_model,
+                train.texts,
+                per_example=k,
+                max_new_tokens=config.augment_max_new_tokens,
+                seed=env.config.train.seed,
+            )
+            pairs = None if train.text_pairs is None else [p for p in train.text_pairs for _ in range(k)]
+        extra = teacher_labelled(texts, pairs, env.label, env.config.task)
+        log.info(
+            "augmentation: %d teacher-labelled texts added to %d training examples", len(texts), len(train)
+        )
+        return replace(env.data, train=concat(train, extra)), len(texts)
+
+    def __init__(self, config: MixKDConfig, ctx: LossContext) -> None:
+        super().__init__(config, ctx)
         self.num_classes = None if ctx.task == "regression" else ctx.num_labels
         self.seed = ctx.seed
         self.mixing = config.tmkd_weight > 0 or config.sm_weight > 0
 
-    def prepare_batch(self, batch: dict[str, Any], step: int, micro: int) -> dict[str, Any]:
+    def prepare_batch(self, batch: Batch, step: int, micro: int) -> Batch:
         """Draw lam and the pairs for this micro-batch (shared by teacher and student)."""
         if self.mixing:
             rng = np.random.default_rng([self.seed, step, micro])
             batch = {**batch, "mix": sample_mixup(len(batch["labels"]), self.config.alpha, rng)}
         return batch
 
-    def _outputs(self, model: nn.Module, inputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Any, Any]:
+    def _outputs(self, model: nn.Module, inputs: dict[str, Tensor], batch: Batch) -> tuple[Any, Any]:
         out = model(**inputs)
         mixed = mixed_forward(model, inputs, *batch["mix"]) if self.mixing else None
         return out, mixed
 
-    def student_forward(self, student: nn.Module, batch: dict[str, Any]) -> tuple[Any, Any]:
+    def student_forward(self, student: nn.Module, batch: Batch) -> tuple[Any, Any]:
         return self._outputs(student, batch["student"], batch)
 
-    def teacher_forward(self, teacher: nn.Module, batch: dict[str, Any]) -> tuple[Any, Any]:
+    def teacher_forward(self, teacher: nn.Module, batch: Batch) -> tuple[Any, Any]:
         return self._outputs(teacher, batch["teacher"], batch)
 
     def _kd(self, s: Tensor, t: Tensor) -> Tensor:
@@ -134,7 +171,7 @@ class Loss(nn.Module):
             return kd_mse_loss(s, t, None)
         return self.config.temperature**2 * soft_kl(s, t, self.config.temperature).mean()
 
-    def forward(self, student_out: Any, teacher_out: Any, batch: dict[str, Any]) -> LossOutput:
+    def forward(self, student_out: Any, teacher_out: Any, batch: Batch) -> LossOutput:
         c = self.config
         (s, s_mix), (t, t_mix) = student_out, teacher_out
         ce = task_loss(s.logits, batch["labels"], self.task)

@@ -27,24 +27,39 @@ Khosla et al.). Classification only: supervised-contrastive positives need class
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from kdkit.config import MethodConfig
 from kdkit.errors import KdkitError
+from kdkit.fingerprint import split_fingerprint
 from kdkit.losses import kd_loss, relational_kl
-from kdkit.methods.base import LossContext, LossOutput, PrepareEnv
+from kdkit.methods.base import (
+    Batch,
+    EvalEnv,
+    LossContext,
+    LossOutput,
+    Method,
+    MethodCommand,
+    Predictor,
+    PrepareEnv,
+    Resources,
+)
 from kdkit.models.pooling import pooled_embedding
-
-needs_teacher = True
-# the paper the method follows (model cards, reports)
-PAPER = 'Zhang et al., "ReAugKD: Retrieval-Augmented Knowledge Distillation For Pre-trained Language Models", ACL 2023'
+from kdkit.retrieval.build import train_neighbours
+from kdkit.retrieval.command import KB_COMMAND
+from kdkit.retrieval.kb import KnowledgeBase
+from kdkit.retrieval.predictor import ReAugPredictor, RetrievalSettings, evaluate_with_retrieval
+from kdkit.retrieval.resolve import KB_DIR, kb_settings, resolve_kb
 
 
 @dataclass
-class Config:
+class ReAugKDConfig(MethodConfig):
     """ReAugKD (Zhang et al., ACL 2023): KD + relational loss over a teacher KB, retrieval at inference."""
 
     name: str = "reaugkd"  # method name
@@ -92,38 +107,6 @@ class Config:
             raise KdkitError(f"config key 'method.rel_weight' must be >= 0, got {self.rel_weight}")
 
 
-def check(config: Config, task: str) -> None:
-    if task == "causal_lm":
-        raise KdkitError("method 'reaugkd' is for classifiers; for causal_lm use forward_kl, atkd etc.")
-    if task == "regression":
-        raise KdkitError(
-            "method 'reaugkd' needs classes (supervised-contrastive positives, soft labels); "
-            "for regression use kd or mixkd"
-        )
-
-
-def prepare(config: Config, env: PrepareEnv) -> dict[str, Any]:
-    """Before training: the KB (given, reused or built in the run dir) and each entry's KB neighbours."""
-    from kdkit.retrieval.build import train_neighbours
-    from kdkit.retrieval.resolve import kb_settings, resolve_kb
-
-    dim = env.student.config.hidden_size
-    settings = kb_settings(config, dim, env.config.teacher.max_length)
-    kb = resolve_kb(
-        config.kb,
-        env.output_dir,
-        env.teacher,
-        env.teacher_name,
-        env.train_set,
-        env.collate,
-        env.accelerator,
-        settings,
-        env.label_names,
-        env.config.eval.batch_size,
-    )
-    return {"kb": kb, "neighbours": train_neighbours(kb, config.k)}
-
-
 def candidates(idx: Tensor, neighbours: Tensor) -> tuple[Tensor, Tensor]:
     """Example i's candidate ids (its KB neighbours, then the batch) and which count: (B, k + B) each.
 
@@ -138,17 +121,113 @@ def candidates(idx: Tensor, neighbours: Tensor) -> tuple[Tensor, Tensor]:
     return ids.clamp(min=0), mask
 
 
-class Loss(nn.Module):
-    needs_hidden_states = False
+class ReAugKD(Method):
+    """ReAugKD: KD + relational loss over the teacher's KB, retrieval at inference (module docstring)."""
 
-    def __init__(self, config: Config, ctx: LossContext) -> None:
-        super().__init__()
-        check(config, ctx.task)
+    name = "reaugkd"
+    paper = (
+        'Zhang et al., "ReAugKD: Retrieval-Augmented Knowledge Distillation For Pre-trained Language Models", '
+        "ACL 2023"
+    )
+    Config = ReAugKDConfig
+    tasks = frozenset({"classification"})
+    # the knowledge base lives beside the student (a `kdkit kb build` may have put it there first)
+    run_files = (KB_DIR,)
+    config: ReAugKDConfig
+
+    @classmethod
+    def check(cls, config: MethodConfig, task: str) -> None:
+        if task == "causal_lm":
+            raise KdkitError("method 'reaugkd' is for classifiers; for causal_lm use forward_kl, atkd etc.")
+        if task == "regression":
+            raise KdkitError(
+                "method 'reaugkd' needs classes (supervised-contrastive positives, soft labels); "
+                "for regression use kd or mixkd"
+            )
+
+    @classmethod
+    def prepare(cls, config: MethodConfig, env: PrepareEnv) -> Resources:
+        """Before training: the KB (given, reused or built in the run dir) and each entry's KB neighbours."""
+        assert isinstance(config, ReAugKDConfig)
+        dim = env.student.config.hidden_size
+        settings = kb_settings(config, dim, env.config.teacher.max_length)
+        kb = resolve_kb(
+            config.kb,
+            env.output_dir,
+            env.teacher,
+            env.teacher_name,
+            env.train_set,
+            env.collate,
+            env.accelerator,
+            settings,
+            env.label_names,
+            env.config.eval.batch_size,
+        )
+        return {"kb": kb, "neighbours": train_neighbours(kb, config.k)}
+
+    @classmethod
+    def extra_metrics(cls, config: MethodConfig, env: EvalEnv) -> dict[str, Any]:
+        """``retrieval``: the eval splits again, predicted with retrieval from the KB (on ``train`` each
+        example's own KB entry is excluded, so the split must be the one the KB was built from)."""
+        assert isinstance(config, ReAugKDConfig)
+        if env.resources is not None:
+            kb = env.resources["kb"]
+        elif (env.run_dir / KB_DIR / "meta.json").is_file():
+            kb = KnowledgeBase.load(env.run_dir / KB_DIR)
+        else:
+            return {}
+        if "train" in env.loaders:
+            train = env.data.split("train")
+            if (
+                split_fingerprint(train.texts, train.text_pairs, train.labels)
+                != kb.meta["provenance"]["data"]
+            ):
+                raise KdkitError(
+                    "split 'train' differs from the data the knowledge base was built from, so each "
+                    "example's own KB entry cannot be excluded; evaluate with the run's own config"
+                )
+        settings = RetrievalSettings.of_method(config)
+        metrics = evaluate_with_retrieval(
+            env.student, kb, env.loaders, env.accelerator, settings, env.task, env.metric_names
+        )
+        return {"retrieval": metrics}
+
+    def save_files(self, out_dir: Path) -> None:
+        """The KB beside the student (already there unless it was given as ``method.kb`` elsewhere)."""
+        if not (out_dir / KB_DIR / "meta.json").is_file():
+            self.kb.save(out_dir / KB_DIR)
+
+    @classmethod
+    def predictor(cls, config: MethodConfig, run_dir: Path, settings: Mapping[str, Any]) -> Predictor | None:
+        """The student with retrieval from the run's KB, at the run's settings (``beta``, ``k``, ``tau``
+        override them)."""
+        assert isinstance(config, ReAugKDConfig)
+        unknown = sorted(set(settings) - {"beta", "k", "tau"})
+        if unknown:
+            raise KdkitError(f"unknown inference setting(s) {unknown} for method 'reaugkd'; use beta, k, tau")
+        return ReAugPredictor.from_pretrained(run_dir, **settings)
+
+    @classmethod
+    def describe_artifacts(cls, config: MethodConfig) -> list[str]:
+        """A given KB (``method.kb``) must load (version, checksums); whether it matches is checked at run time."""
+        assert isinstance(config, ReAugKDConfig)
+        if not config.kb:
+            return []
+        found = KnowledgeBase.load(config.kb)
+        return [
+            f"knowledge base: {config.kb} ({len(found)} entries, dim {found.dim}, {found.meta['index']['kind']})"
+        ]
+
+    @classmethod
+    def commands(cls) -> tuple[MethodCommand, ...]:
+        return (KB_COMMAND,)
+
+    def __init__(self, config: ReAugKDConfig, ctx: LossContext) -> None:
+        super().__init__(config, ctx)
         if "kb" not in ctx.resources:
             raise KdkitError(
                 "method 'reaugkd' needs its knowledge base: build the loss through kdkit.distill"
             )
-        self.config = config
         kb = ctx.resources["kb"]
         if kb.dim != ctx.student_config.hidden_size:
             raise KdkitError(
@@ -160,16 +239,17 @@ class Loss(nn.Module):
                 f"knowledge base has {kb.soft_labels.shape[1]} classes, the task {ctx.num_labels}; rebuild it"
             )
         # Plain tensors, not buffers: no gradient, not checkpointed, not broadcast by DDP every step.
+        self.kb = kb
         self.keys: Tensor = kb.keys.detach()  # (N, D)
         self.neighbours: Tensor = ctx.resources["neighbours"]  # (N, k)
 
-    def student_forward(self, student: nn.Module, batch: dict[str, Any]) -> Any:
+    def student_forward(self, student: nn.Module, batch: Batch) -> Any:
         return student(**batch["student"], output_hidden_states=True)
 
-    def teacher_forward(self, teacher: nn.Module, batch: dict[str, Any]) -> Any:
+    def teacher_forward(self, teacher: nn.Module, batch: Batch) -> Any:
         return teacher(**batch["teacher"])
 
-    def forward(self, student_out: Any, teacher_out: Any, batch: dict[str, Any]) -> LossOutput:
+    def forward(self, student_out: Any, teacher_out: Any, batch: Batch) -> LossOutput:
         c = self.config
         s, t = student_out.logits, teacher_out.logits.detach()
         labels = batch.get("labels")

@@ -8,15 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kdkit.methods.lm_base import DivergenceLoss, check_causal_lm, check_common
-
-needs_teacher = True
-# the paper the method follows (model cards, reports)
-PAPER = 'Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", ICLR 2024 (token-level reverse KL)'
+from kdkit.config import MethodConfig
+from kdkit.methods.lm_base import DivergenceLoss, check_common
 
 
 @dataclass
-class Config:
+class ReverseKLConfig(MethodConfig):
     """Token-level reverse KL(q || p)."""
 
     name: str = "reverse_kl"  # method name
@@ -28,11 +25,10 @@ class Config:
         check_common(self)
 
 
-def check(config: Config, task: str) -> None:
-    check_causal_lm(config.name, task)
-
-
-class Loss(DivergenceLoss):
+class ReverseKL(DivergenceLoss):
+    name = "reverse_kl"
+    paper = 'Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", ICLR 2024 (token-level reverse KL)'
+    Config = ReverseKLConfig
     divergence = "reverse_kl"
 
     def divergence_kwargs(self) -> dict[str, Any]:

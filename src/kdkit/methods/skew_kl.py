@@ -7,16 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kdkit.config import MethodConfig
 from kdkit.errors import KdkitError
-from kdkit.methods.lm_base import DivergenceLoss, check_causal_lm, check_common
-
-needs_teacher = True
-# the paper the method follows (model cards, reports)
-PAPER = 'Ko et al., "DistiLLM: Towards Streamlined Distillation for Large Language Models", ICML 2024'
+from kdkit.methods.lm_base import DivergenceLoss, check_common
 
 
 @dataclass
-class Config:
+class SkewKLConfig(MethodConfig):
     """Skew KL / skew reverse KL (DistiLLM, Ko et al. 2024)."""
 
     name: str = "skew_kl"  # method name
@@ -32,11 +29,10 @@ class Config:
             raise KdkitError(f"config key 'method.alpha' must be in [0, 1), got {self.alpha}")
 
 
-def check(config: Config, task: str) -> None:
-    check_causal_lm(config.name, task)
-
-
-class Loss(DivergenceLoss):
+class SkewKL(DivergenceLoss):
+    name = "skew_kl"
+    paper = 'Ko et al., "DistiLLM: Towards Streamlined Distillation for Large Language Models", ICML 2024'
+    Config = SkewKLConfig
     divergence = "skew_kl"
 
     def divergence_kwargs(self) -> dict[str, Any]:

@@ -6,15 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kdkit.methods.lm_base import DivergenceLoss, check_causal_lm, check_common
-
-needs_teacher = True
-# the paper the method follows (model cards, reports)
-PAPER = 'Wen et al., "f-Divergence Minimization for Sequence-Level Knowledge Distillation", ACL 2023'
+from kdkit.config import MethodConfig
+from kdkit.methods.lm_base import DivergenceLoss, check_common
 
 
 @dataclass
-class Config:
+class TVDConfig(MethodConfig):
     """Token-level total variation distance."""
 
     name: str = "tvd"  # method name
@@ -26,11 +23,10 @@ class Config:
         check_common(self)
 
 
-def check(config: Config, task: str) -> None:
-    check_causal_lm(config.name, task)
-
-
-class Loss(DivergenceLoss):
+class TVD(DivergenceLoss):
+    name = "tvd"
+    paper = 'Wen et al., "f-Divergence Minimization for Sequence-Level Knowledge Distillation", ACL 2023'
+    Config = TVDConfig
     divergence = "tvd"
 
     def divergence_kwargs(self) -> dict[str, Any]:

@@ -11,9 +11,11 @@ must split text into the same tokens; cross-tokenizer distillation (e.g. ULD, DS
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -25,6 +27,7 @@ from transformers import (
 from kdkit.config import ModelConfig
 from kdkit.data.encode import same_tokenizer
 from kdkit.errors import KdkitError
+from kdkit.losses.topk import TopKTeacher
 from kdkit.models.load import (
     PER_LAYER_CONFIG_KEYS,
     _hub_error,
@@ -33,6 +36,47 @@ from kdkit.models.load import (
     resolve_model_name,
     select_layers,
 )
+
+
+@dataclass
+class LMOutputs:
+    """One model's outputs for the token loss: hidden states + LM head, or full logits."""
+
+    hidden: Tensor | None  # (B, T, D) final hidden states (after the final norm)
+    weight: Tensor | None  # (V, D) LM head
+    bias: Tensor | None  # (V,) or None
+    logits: Tensor | None = None  # (B, T, V) when the model cannot be chunked
+    topk: TopKTeacher | None = None  # teacher read from a cache (`kdkit cache`): top-k of counted tokens
+
+
+def chunkable(model: nn.Module) -> bool:
+    """True when the model's logits are exactly ``lm_head(final hidden state)``."""
+    cfg = model.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1.0):
+        return False
+    head = model.get_output_embeddings()
+    return isinstance(head, nn.Linear)
+
+
+def lm_forward(model: nn.Module, inputs: dict[str, Tensor], chunked: bool) -> LMOutputs:
+    """Final hidden states and LM head (chunked path) or full logits (fallback) of a causal LM."""
+    if chunked and chunkable(model):
+        hidden = model.base_model(**inputs).last_hidden_state
+        head = model.get_output_embeddings()
+        return LMOutputs(hidden, head.weight, head.bias)
+    return LMOutputs(None, None, None, model(**inputs).logits)
+
+
+def with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Batching needs a pad token: models without one (Llama, SmolLM2) pad with EOS. Padding is masked
+    out of attention and labels, so the choice does not change the loss."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise KdkitError(
+                "the tokenizer has neither a pad nor an EOS token; set one with tokenizer.add_special_tokens"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def config_with_overrides(config: PretrainedConfig, overrides: dict[str, Any] | None) -> PretrainedConfig:

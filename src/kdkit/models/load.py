@@ -215,6 +215,23 @@ def load_classifier(
         raise _hub_error(name, err) from None
 
 
+def load_teacher_classifier(name: str, task: str, label_names: list[str] | None) -> PreTrainedModel:
+    """A classifier teacher: a checkpoint whose head was trained (a base encoder's fresh head teaches
+    noise, so it is refused with the two ways to fine-tune it)."""
+    if not has_trained_head(load_model_config(name)):
+        raise KdkitError(
+            f"teacher '{name}' has no trained classification head; fine-tune it first "
+            "(`kdkit finetune`) or set teacher.finetune to fine-tune it on this task before distilling"
+        )
+    return load_classifier(name, task, label_names)
+
+
+def save_model(model: PreTrainedModel, tokenizer: Any, path: Path) -> None:
+    """A model dir that ``transformers`` loads as-is: weights (safetensors), config and tokenizer."""
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Frozen and in eval mode (no dropout, no gradients): how a teacher is used."""
     model.eval()

@@ -1,4 +1,4 @@
-"""One vector per example from an encoder's last hidden states (ReAugKD's embeddings)."""
+"""One vector per example from an encoder's last hidden states (the embeddings that retrieval compares)."""
 
 from __future__ import annotations
 

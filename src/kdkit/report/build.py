@@ -17,6 +17,8 @@ from typing import Any
 
 from kdkit.io import atomic_write_bytes, atomic_write_text
 from kdkit.report.collect import read_runs
+from kdkit.report.figures import curves_png, scatter_png
+from kdkit.report.html import render_page
 from kdkit.report.latency import LatencySettings, make_timer
 from kdkit.report.table import Timer, build_table, measure
 
@@ -44,9 +46,6 @@ def write_report(
     (``teacher.model``) to ``{split: {metric: value}}`` for runs that did not evaluate their teacher.
     ``timer`` replaces the real timing (tests).
     """
-    from kdkit.report.figures import curves_png, scatter_png
-    from kdkit.report.html import render_page
-
     runs = read_runs(list(run_dirs))
     table = build_table(runs, teacher_metrics)
     settings = latency or LatencySettings()

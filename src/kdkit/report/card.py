@@ -24,6 +24,9 @@ import yaml
 from kdkit.assets import ASSETS
 from kdkit.config import Config, load_config
 from kdkit.io import atomic_write_text
+from kdkit.methods import METHODS
+from kdkit.methods.base import TaskLoss
+from kdkit.report.collect import is_split, sections
 from kdkit.structured import to_dict
 
 log = logging.getLogger(__name__)
@@ -74,11 +77,9 @@ def software_versions() -> dict[str, str]:
 
 
 def _paper(method: str) -> str:
-    if method == "finetune":
-        return "none: fine-tuning on the task's labels, without a teacher"
-    from kdkit.methods import METHODS
-
-    return str(getattr(METHODS.get(method), "PAPER", "-"))
+    if method == TaskLoss.name:
+        return TaskLoss.paper
+    return METHODS.get(method).paper if method in METHODS else "-"
 
 
 def _number(value: Any) -> str:
@@ -88,26 +89,23 @@ def _number(value: Any) -> str:
 
 
 def _metrics_table(metrics: dict[str, Any]) -> list[str]:
-    """Markdown table: one row per (model, split), one column per metric."""
-    sections = [
-        ("this model", k, v)
-        for k, v in metrics.items()
-        if k not in ("teacher", "retrieval", "truncated") and isinstance(v, dict) and _flat(v)
+    """Markdown table: one row per (model, split), one column per metric. A method's extra sections (e.g.
+    ``retrieval``: the student with retrieval from its knowledge base) are rows "this model + <section>"."""
+    rows = [
+        ("this model", k, v) for k, v in metrics.items() if k not in ("teacher", "truncated") and is_split(v)
     ]
-    sections += [("this model + retrieval", k, v) for k, v in metrics.get("retrieval", {}).items()]
-    sections += [("teacher", k, v) for k, v in metrics.get("teacher", {}).items()]
-    if not sections:
+    for name, splits in sections(metrics).items():
+        if name != "teacher":
+            rows += [(f"this model + {name}", k, v) for k, v in splits.items()]
+    rows += [("teacher", k, v) for k, v in metrics.get("teacher", {}).items()]
+    if not rows:
         return ["No eval split was evaluated."]
-    names = list(dict.fromkeys(n for _, _, values in sections for n in values))
+    names = list(dict.fromkeys(n for _, _, values in rows for n in values))
     lines = ["| model | split | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
-    for model, split, values in sections:
+    for model, split, values in rows:
         cells = " | ".join(_number(values.get(n)) for n in names)
         lines.append(f"| {model} | {split} | {cells} |")
     return lines
-
-
-def _flat(section: dict[str, Any]) -> bool:
-    return all(isinstance(v, (int, float)) for v in section.values())
 
 
 # data fields that only one family of tasks reads (left out of the other family's cards)
@@ -177,6 +175,11 @@ def render_card(config: Config, metrics: dict[str, Any], out: Path) -> str:
         )
     )
     loader = "AutoModelForCausalLM" if causal else "AutoModelForSequenceClassification"
+    notes = [
+        f"- `base_model` and the teacher name a hub model, but the weights used were {ASSETS[n].note}."
+        for n in dict.fromkeys([config.teacher.model, model.model])
+        if n in ASSETS and ASSETS[n].note
+    ]
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).strip(),
@@ -204,6 +207,7 @@ def render_card(config: Config, metrics: dict[str, Any], out: Path) -> str:
         "",
         *_metrics_table(metrics),
         "",
+        *(["## Notes", "", *notes, ""] if notes else []),
         "## How it was made",
         "",
         "```bash",

@@ -17,13 +17,33 @@ from typing import Any
 from kdkit.config import Config, load_config
 from kdkit.errors import KdkitError
 from kdkit.eval.metrics import default_best_metric
-from kdkit.train.checkpoint import checkpoint_step, step_dirs
+from kdkit.io import file_digest
+from kdkit.layout import checkpoint_step, step_dirs
+from kdkit.teacher.finetuned import teacher_cache_dir
 
 CURVE_PREFIXES = ("train/", "eval/")
-# top-level keys of metrics.json that hold per-split metrics but are not the student's own splits
-NOT_SPLITS = frozenset({"teacher", "retrieval", "truncated"})
 
 Curves = dict[str, dict[int, float]]  # key ("train/loss") -> step -> value
+
+
+def is_split(section: object) -> bool:
+    """Whether a value of metrics.json is one split's metrics (a mapping of metric names to numbers), as
+    opposed to a section of splits (``teacher``, or a method's, e.g. with retrieval) or a count per split."""
+    return (
+        isinstance(section, dict)
+        and bool(section)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in section.values())
+    )
+
+
+def sections(metrics: dict[str, object]) -> dict[str, dict[str, dict[str, float]]]:
+    """The sections of metrics.json that hold splits besides the student's own (``teacher``, and a method's
+    extra evaluation such as ``retrieval``): name -> split -> metrics."""
+    return {
+        key: value
+        for key, value in metrics.items()
+        if isinstance(value, dict) and value and all(is_split(v) for v in value.values())
+    }
 
 
 def read_curves(path: str | Path) -> Curves:
@@ -98,11 +118,7 @@ class Run:
     def eval_splits(self) -> list[str]:
         """Splits (and extra eval sets) of metrics.json that hold one of the quality metrics."""
         wanted = set(self.quality_metrics())
-        return [
-            key
-            for key, value in self.metrics.items()
-            if key not in NOT_SPLITS and isinstance(value, dict) and wanted & set(value)
-        ]
+        return [key for key, value in self.metrics.items() if is_split(value) and wanted & set(value)]
 
 
 def read_run(path: str | Path) -> Run:
@@ -171,8 +187,6 @@ def teacher_ref(config: Config) -> str | None:
     if not name:
         return None
     if config.teacher.finetune is not None and config.task != "causal_lm":
-        from kdkit.train.teacher import teacher_cache_dir
-
         try:
             cached = teacher_cache_dir(config)
         except (KdkitError, OSError):  # the data files moved: the key cannot be computed
@@ -205,6 +219,4 @@ def is_same_model(run_dir: Path, ref: str) -> bool:
     a, b = run_dir / "model.safetensors", other / "model.safetensors"
     if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
         return False
-    from kdkit.io import file_digest
-
     return file_digest(a) == file_digest(b)

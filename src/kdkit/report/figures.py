@@ -24,6 +24,7 @@ PANEL = (4.2, 3.0)  # inches per panel
 
 
 def _figure(width: float, height: float) -> Any:
+    # matplotlib: heavy (~1 s to import); only `kdkit report` draws, so it loads here, not with kdkit
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -45,6 +46,7 @@ def curve_keys(runs: list[Run], prefix: str) -> list[str]:
 
 def curves_png(runs: list[Run], prefix: str) -> bytes | None:
     """Panels of the ``prefix`` curves (``train/`` or ``eval/``) of all runs; None when none was logged."""
+    # matplotlib: heavy, only for `kdkit report` (see _figure)
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 

@@ -15,6 +15,7 @@ from kdkit.report.table import (
     format_parameters,
     format_speedup,
 )
+from kdkit.version import __version__
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
@@ -116,8 +117,6 @@ def render_page(
     title: str = "kdkit report",
 ) -> str:
     """The whole page. ``figures`` maps a section title to a PNG file name next to the page."""
-    from kdkit import __version__
-
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     latency_title = "latency (ms per batch)" if latency_note else "latency"
     parts = [

@@ -4,7 +4,7 @@ Each model (a run dir, or a teacher by name: asset, local dir or hub id, loaded 
 gets a batch of ``batch_size`` x ``seq_len`` token ids (seeded random ids of its vocabulary, no padding) on
 ``device``. After one warm-up pass each, the models take turns: ``repeats`` rounds of one timed forward
 pass per model; the median is reported in milliseconds per batch. Tokenization is excluded; a causal LM
-computes all logits without a KV cache; a ReAugKD student is timed alone (retrieval excluded). A model
+computes all logits without a KV cache; a student with retrieval is timed alone (retrieval excluded). A model
 with fewer positions than ``seq_len`` is timed at its own maximum (a note on the page says so).
 """
 
@@ -17,8 +17,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForSequenceClassification
 
 from kdkit.errors import KdkitError
+from kdkit.models import count_parameters, load_causal_lm
+from kdkit.models.load import _from_pretrained
 from kdkit.report.table import Timer
 
 
@@ -57,11 +60,6 @@ class LatencySettings:
 def load_for_timing(name: str, task: str) -> nn.Module:
     """The model ``name`` as kdkit loads it for ``task`` (the classification head's weights do not matter
     for timing, so a base encoder gets a fresh head)."""
-    from transformers import AutoModelForSequenceClassification
-
-    from kdkit.models import load_causal_lm
-    from kdkit.models.load import _from_pretrained
-
     if task == "causal_lm":
         return load_causal_lm(name, dtype=torch.float32)
     return _from_pretrained(AutoModelForSequenceClassification, name)
@@ -100,8 +98,6 @@ def time_models(
     All models are loaded first, then timed in turns (one pass of each per repeat), so that a burst of
     other work on the machine slows every model alike rather than one of them.
     """
-    from kdkit.models import count_parameters
-
     device = torch.device(settings.device)
     timed: dict[tuple[str, str], _Timed] = {}
     for name, task in dict.fromkeys(items):

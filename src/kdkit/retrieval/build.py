@@ -11,7 +11,7 @@ trains the same head from the same seed; only the main process writes.
 
 The teacher pass, the expensive step, is resumable: with a ``partial`` dir its outputs are written in
 chunks of batches (``shard-NNNNN.safetensors`` with a sha256 sidecar each, atomically, by
-``kdkit.teacher.cache.write_shard``) beside ``building.json`` (what the pass depends on). A build killed at
+``kdkit.shards.write_shard``) beside ``building.json`` (what the pass depends on). A build killed at
 any point and rerun with the same settings skips the chunks with a valid checksum; the KB it ends with is
 identical to an uninterrupted build's. Chunks of another build (other teacher, data, settings, batch size
 or process count) are discarded.
@@ -39,7 +39,7 @@ from kdkit.losses.relational import supcon_loss
 from kdkit.models.pooling import Pooling, pooled_embedding
 from kdkit.retrieval.index import IndexSpec
 from kdkit.retrieval.kb import KnowledgeBase
-from kdkit.teacher.cache import remove_temp_files, shard_done, shard_path, write_shard
+from kdkit.shards import remove_shard_leftovers, shard_done, shard_path, write_shard
 
 _CHUNKS = 32  # the teacher pass is saved in about this many chunks (a kill loses at most one)
 BUILDING = "building.json"
@@ -75,7 +75,7 @@ def _done_chunks(partial: Path, spec: dict[str, Any], accelerator: Accelerator) 
         if not same:  # nothing there, or chunks of another build: start over
             shutil.rmtree(partial, ignore_errors=True)
             atomic_write_json(building, spec)
-        remove_temp_files(partial)
+        remove_shard_leftovers(partial, [BUILDING])
     accelerator.wait_for_everyone()
     done = 0
     while done < spec["chunks"] and shard_done(partial, done):

@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from kdkit.config import read_yaml, resolve_method
 from kdkit.errors import KdkitError
+from kdkit.eval.metrics import compute_metrics
 from kdkit.losses.relational import retrieval_augmented
 from kdkit.models.pooling import Pooling, pooled_embedding
 from kdkit.retrieval.kb import KnowledgeBase
@@ -44,8 +46,6 @@ class RetrievalSettings:
     @classmethod
     def of_run(cls, run_dir: str | Path) -> RetrievalSettings:
         """The settings of a ReAugKD run dir (its config.yaml), the defaults for other runs."""
-        from kdkit.config import read_yaml, resolve_method
-
         saved = Path(run_dir) / "config.yaml"
         method = read_yaml(saved).get("method", {}) if saved.is_file() else {}
         if not isinstance(method, dict) or method.get("name") != "reaugkd":
@@ -107,8 +107,6 @@ def evaluate_with_retrieval(
 ) -> dict[str, dict[str, float]]:
     """Metrics per split of the retrieval-augmented predictions (on ``train``, each example's own KB
     entry is excluded: the KB holds the training set in order)."""
-    from kdkit.eval.metrics import compute_metrics
-
     results = {}
     for split, loader in loaders.items():
         logits, emb, labels, idx = student_pass(
@@ -221,8 +219,6 @@ class ReAugPredictor:
 
 
 def saved_max_length(path: Path) -> int:
-    from kdkit.config import read_yaml
-
     saved = path / "config.yaml"
     if saved.is_file():
         student = read_yaml(saved).get("student") or {}

@@ -19,6 +19,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from kdkit.config import MethodConfig, resolve_method
 from kdkit.errors import KdkitError
 from kdkit.fingerprint import model_fingerprint, split_fingerprint
 from kdkit.io import remove_leftovers
@@ -30,11 +31,10 @@ KB_DIR = "kb"
 PARTIAL = ".partial"  # inside the KB dir being built: the saved chunks of the teacher pass
 
 
-def kb_settings(method: Any, dim: int, teacher_max_length: int) -> KBSettings:
-    """The KB settings of a ``reaugkd`` method config (defaults for any other method)."""
-    from kdkit.methods.reaugkd import Config as ReAugConfig
-
-    m = method if isinstance(method, ReAugConfig) else ReAugConfig()
+def kb_settings(method: MethodConfig, dim: int, teacher_max_length: int) -> KBSettings:
+    """The KB settings of a ``reaugkd`` method config (its defaults for any other method), for a student of
+    width ``dim``."""
+    m: Any = method if method.name == "reaugkd" else resolve_method("reaugkd")
     index = IndexSpec(m.index, m.index_nlist, m.index_nprobe, m.index_hnsw_m, m.index_ef_search)
     return KBSettings(
         dim=dim,
@@ -123,47 +123,3 @@ def build_and_save(
         print(f"knowledge base: {len(kb)} entries written to {target}")
     accelerator.wait_for_everyone()
     return kb
-
-
-def build_kb_for_config(
-    config: Any, overrides: list[str] | None = None, output: str | Path | None = None
-) -> tuple[Path, KnowledgeBase]:
-    """`kdkit kb build`: the KB of a config's teacher (fine-tuned first if ``teacher.finetune`` asks) over
-    its training data, with the config's ``reaugkd`` settings (defaults for another method), written to
-    ``output`` (default ``<output_dir>/kb``, where a ReAugKD run with this config picks it up). An
-    interrupted build resumes its teacher pass when run again (see the module docstring)."""
-    from kdkit.config import load_config
-    from kdkit.data import Collator, DistillDataset, encode, load_task_data
-    from kdkit.models import freeze, load_model_config, load_tokenizer
-    from kdkit.train.run import load_teacher, make_accelerator
-    from kdkit.train.teacher import resolve_teacher
-
-    config = load_config(config, overrides)
-    if config.task != "classification":
-        raise KdkitError(f"a knowledge base needs task: classification (ReAugKD), got '{config.task}'")
-    accelerator = make_accelerator(config)
-    data = load_task_data(config.data, config.task)
-    teacher_name = resolve_teacher(config, accelerator)
-    teacher = freeze(load_teacher(teacher_name, config, data.label_names))
-    tokenizer = load_tokenizer(config.teacher.tokenizer or teacher_name)
-    student_config = load_model_config(config.student.model or teacher_name)
-    dim = (config.student.config_overrides or {}).get("hidden_size", student_config.hidden_size)
-    train = data.split("train")
-    enc = encode(train, tokenizer, config.teacher.max_length)
-    train_set = DistillDataset(train, enc, enc)  # the teacher side is what the KB reads
-    settings = kb_settings(config.method, dim, config.teacher.max_length)
-    target = Path(output) if output else Path(config.output_dir) / KB_DIR
-    prov = provenance(teacher_name, train, settings)
-    collate = Collator(tokenizer.pad_token_id)
-    kb = build_and_save(
-        teacher,
-        train_set,
-        collate,
-        accelerator,
-        settings,
-        prov,
-        data.label_names,
-        target,
-        config.eval.batch_size,
-    )
-    return target, kb

@@ -1,4 +1,7 @@
-"""`kdkit cache`: run the teacher once over a config's training set and write its outputs in shards.
+"""Building a teacher cache: run the teacher once over a training set and write its outputs in shards.
+
+What to run and how to pack it comes from the task's family (``kdkit.family``: a ``CacheJob``); this module
+owns the build itself: shards, resume, damage repair and the final meta.json.
 
 The training set is tokenized exactly as `kdkit distill` tokenizes it, so a cached example lines up with
 the batch that asks for it (the data fingerprint covers the token ids, hence data, tokenizer, templates
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +24,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from torch import Tensor, nn
+from torch import Tensor
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from kdkit.config import Config, load_config
+from kdkit.config import CacheConfig, Config
 from kdkit.errors import KdkitError
 from kdkit.fingerprint import ids_fingerprint, model_fingerprint, tokenizer_fingerprint
 from kdkit.io import atomic_write_json, file_digest
+from kdkit.methods.base import Batch
+from kdkit.models.causal_lm import LMOutputs
 from kdkit.teacher.cache import (
     META,
     TeacherCache,
@@ -38,7 +45,7 @@ from kdkit.teacher.cache import (
 )
 
 BUILDING = "building.json"  # the settings of a build in progress: a resumed build must match them
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _ROWS = 1024  # counted tokens per LM-head matmul while building (bounds memory like the chunked losses)
 
 
@@ -68,24 +75,6 @@ def lm_provenance(config: Config, teacher_name: str, tokenizer: Any, encoded: An
     }
 
 
-def check_cacheable(config: Config, loss_fn: nn.Module | None = None) -> None:
-    """Refuse, in one line, the set-ups whose teacher outputs cannot be computed ahead of training."""
-    if config.task == "causal_lm":
-        if config.generation.on_policy > 0:
-            raise KdkitError(
-                "cache.dir cannot serve generation.on_policy > 0: the student's own generations change every "
-                "step; set cache.dir: null (live teacher) or generation.on_policy: 0"
-            )
-        return
-    if loss_fn is not None and (
-        getattr(loss_fn, "needs_hidden_states", False) or getattr(loss_fn, "needs_live_teacher", False)
-    ):
-        raise KdkitError(
-            f"method '{config.method.name}' needs the live teacher (hidden states or mixed inputs), not "
-            "cached logits; set cache.dir: null, or for kd set method.hidden_weight: 0"
-        )
-
-
 def open_cache(config: Config, expected: dict[str, Any]) -> TeacherCache:
     """The run's cache (``config.cache.dir``), checked against this run's provenance."""
     assert config.cache.dir is not None
@@ -95,30 +84,22 @@ def open_cache(config: Config, expected: dict[str, Any]) -> TeacherCache:
 
 
 @dataclass
-class _Job:
-    """One cache build: a dataset, a collator and the teacher's per-example outputs for a batch."""
+class CacheJob:
+    """One cache build: a dataset, its collator, the teacher's per-example outputs for a batch, how a
+    shard's rows are packed, and the meta.json fields (kind, provenance, counts)."""
 
-    dataset: Any
-    collate: Any
-    outputs: Any  # callable(batch) -> list of per-example dicts of tensors
-    pack: Any  # callable(list of per-example dicts) -> the shard's tensors
+    dataset: Dataset
+    collate: Callable[[list[dict[str, Any]]], Batch]
+    outputs: Callable[[Batch], list[dict[str, Tensor]]]
+    pack: Callable[[list[dict[str, Tensor]]], dict[str, Tensor]]
     meta: dict[str, Any]
 
 
-def build_cache_for_config(
-    config: str | Path | dict[str, Any] | Config,
-    overrides: list[str] | None = None,
-    output: str | None = None,
-) -> tuple[Path, dict[str, Any]]:
-    """`kdkit cache`: build (or finish) the teacher cache of ``config`` in ``output`` or ``cache.dir``."""
-    from kdkit.train.run import make_accelerator
-
-    config = load_config(config, overrides)
-    root = Path(output or config.cache.dir or "")
-    if not (output or config.cache.dir):
-        raise KdkitError("set cache.dir (or pass --output DIR): where the teacher cache goes")
-    check_cacheable(config)
-    accelerator = make_accelerator(config)
+def build_cache(
+    root: Path, make_job: Callable[[], CacheJob], cache_cfg: CacheConfig, accelerator: Accelerator
+) -> dict[str, Any]:
+    """Build (or finish, or repair) the cache in ``root``; returns its meta. ``make_job`` (which loads the
+    data and the teacher) is called only when there is work to do."""
     meta = read_meta(root) if (root / META).is_file() else None  # every process: a bad one stops them all
     accelerator.wait_for_everyone()
     if meta is not None and accelerator.is_main_process:
@@ -126,20 +107,16 @@ def build_cache_for_config(
     accelerator.wait_for_everyone()
     if (root / META).is_file():
         accelerator.print(f"teacher cache {root} is complete; delete it to rebuild")
-        return root, TeacherCache.load(root).meta
-    job = (
-        _lm_job(config, accelerator, root)
-        if config.task == "causal_lm"
-        else _classifier_job(config, accelerator)
-    )
+        return TeacherCache.load(root).meta
+    job = make_job()
     _check_resume(root, job.meta, accelerator)
-    _run(job, root, config.cache, accelerator)
+    _run(job, root, cache_cfg, accelerator)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        finalize(root, job.meta, math.ceil(len(job.dataset) / config.cache.shard_size))
+        finalize(root, job.meta, math.ceil(len(job.dataset) / cache_cfg.shard_size))
         (root / BUILDING).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
-    return root, TeacherCache.load(root).meta
+    return TeacherCache.load(root).meta
 
 
 def _reopen_if_damaged(root: Path, meta: dict[str, Any], accelerator: Accelerator) -> None:
@@ -179,7 +156,7 @@ def _check_resume(root: Path, meta: dict[str, Any], accelerator: Accelerator) ->
     accelerator.wait_for_everyone()
 
 
-def _run(job: _Job, root: Path, cache_cfg: Any, accelerator: Accelerator) -> None:
+def _run(job: CacheJob, root: Path, cache_cfg: CacheConfig, accelerator: Accelerator) -> None:
     n, size = len(job.dataset), cache_cfg.shard_size
     shards = range(accelerator.process_index, math.ceil(n / size), accelerator.num_processes)
     todo = [i for i in shards if not shard_done(root, i)]
@@ -197,92 +174,12 @@ def _run(job: _Job, root: Path, cache_cfg: Any, accelerator: Accelerator) -> Non
     bar.close()
 
 
-def _to(inputs: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+def to_device(inputs: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device) for k, v in inputs.items()}
 
 
-def _classifier_job(config: Config, accelerator: Accelerator) -> _Job:
-    from kdkit.data import Collator, DistillDataset, encode, load_task_data
-    from kdkit.models import freeze, load_tokenizer
-    from kdkit.train.run import load_teacher
-    from kdkit.train.teacher import resolve_teacher
-
-    data = load_task_data(config.data, config.task)
-    name = resolve_teacher(config, accelerator)  # fine-tunes (or reuses) it when teacher.finetune is set
-    tokenizer = load_tokenizer(config.teacher.tokenizer or name)
-    split = data.split("train")
-    encoded = encode(split, tokenizer, config.teacher.max_length)
-    teacher = freeze(load_teacher(name, config, data.label_names)).to(accelerator.device)
-
-    def outputs(batch: dict[str, Any]) -> list[dict[str, Tensor]]:
-        logits = teacher(**_to(batch["student"], accelerator.device)).logits.float().cpu()
-        return [{"logits": row} for row in logits]
-
-    def pack(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        return {"logits": torch.stack([r["logits"] for r in rows])}
-
-    meta = {"kind": "logits", "provenance": classifier_provenance(name, tokenizer, encoded)}
-    meta.update(num_examples=len(encoded), shard_size=config.cache.shard_size, num_labels=data.num_labels)
-    collate = Collator(tokenizer.pad_token_id, None, config.task == "regression")
-    return _Job(DistillDataset(split, encoded, None), collate, outputs, pack, meta)
-
-
-def _lm_job(config: Config, accelerator: Accelerator, root: Path) -> _Job:
-    from kdkit.data.lm import LMCollator, LMDataset, encode_lm, load_lm_data
-    from kdkit.methods.lm_base import lm_forward, shift
-    from kdkit.models import freeze, load_causal_lm, load_tokenizer
-    from kdkit.train.lm_sources import GENERATIONS, teacher_generations
-    from kdkit.train.run_lm import lm_tokenizer
-
-    if not config.teacher.model:
-        raise KdkitError("teacher.model is not set; name a hub id, a local dir or an asset (`kdkit ls`)")
-    if not hasattr(config.method, "temperature"):
-        raise KdkitError(
-            f"method '{config.method.name}' is not a causal-LM method; use forward_kl, atkd, ..."
-        )
-    name = config.teacher.model
-    tokenizer = lm_tokenizer(load_tokenizer(config.teacher.tokenizer or name))
-    teacher = freeze(load_causal_lm(name)).to(accelerator.device)
-    split = load_lm_data(config.data).split("train")
-    max_length = config.student.max_length  # the length training tokenizes to
-    if config.generation.source == "teacher":  # generated once, kept in the cache dir for training
-        split = teacher_generations(
-            teacher, tokenizer, split, config.generation, max_length=max_length,
-            chat_template=config.data.chat_template, out_dir=root, accelerator=accelerator,
-        )  # fmt: skip
-    encoded = encode_lm(split, tokenizer, max_length, config.data.chat_template)
-    vocab, k, temp = len(tokenizer), config.cache.top_k, float(config.method.temperature)
-    if k > vocab:
-        raise KdkitError(f"cache.top_k is {k}, more than the vocabulary's {vocab} tokens; lower it")
-    dtype = _DTYPES[config.cache.dtype]
-
-    def outputs(batch: dict[str, Any]) -> list[dict[str, Tensor]]:
-        out = lm_forward(teacher, _to(batch["student"], accelerator.device), chunked=True)
-        targets, mask = shift(batch)
-        mask, targets = mask.to(accelerator.device), targets.to(accelerator.device)
-        ids, lp, tgt = _topk_rows(out, mask, targets, vocab, k, temp)
-        counts = mask.sum(1).tolist()
-        return [
-            {"indices": a, "logprobs": b.to(dtype), "target_logprobs": c}
-            for a, b, c in zip(ids.split(counts), lp.split(counts), tgt.split(counts), strict=True)
-        ]
-
-    def pack(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        counts = torch.tensor([0] + [r["indices"].shape[0] for r in rows])
-        return {
-            "offsets": counts.cumsum(0),
-            **{key: torch.cat([r[key] for r in rows]) for key in ("indices", "logprobs", "target_logprobs")},
-        }
-
-    meta = {"kind": "topk", "provenance": lm_provenance(config, name, tokenizer, encoded)}
-    meta.update(num_examples=len(encoded), shard_size=config.cache.shard_size, vocab_size=vocab)
-    if config.generation.source == "teacher":
-        meta["generations"] = GENERATIONS
-    return _Job(LMDataset(encoded), LMCollator(tokenizer.pad_token_id), outputs, pack, meta)
-
-
-def _topk_rows(
-    out: Any, mask: Tensor, targets: Tensor, vocab: int, k: int, temperature: float
+def topk_rows(
+    out: LMOutputs, mask: Tensor, targets: Tensor, vocab: int, k: int, temperature: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k ids (n, k) int32, their log-probs (n, k) float32 and the targets' log-probs (n,) of the
     counted tokens (row-major), on the CPU; the LM head runs on ``_ROWS`` tokens at a time."""

@@ -29,54 +29,38 @@ naming the field.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from kdkit.errors import KdkitError
-from kdkit.io import atomic_write_json, atomic_write_text, file_digest, publish, remove_leftovers
+from kdkit.io import atomic_write_json, file_digest
 from kdkit.losses.topk import TopKTeacher
+from kdkit.shards import remove_shard_leftovers, shard_done, shard_path, sum_path, write_shard
+
+__all__ = [
+    "META",
+    "TeacherCache",
+    "finalize",
+    "read_meta",
+    "remove_temp_files",
+    "shard_done",
+    "shard_path",
+    "write_shard",
+]
 
 CACHE_VERSION = 1
 META = "meta.json"
 
 
-def shard_path(root: Path, i: int) -> Path:
-    return root / f"shard-{i:05d}.safetensors"
-
-
-def _sum_path(shard: Path) -> Path:
-    return shard.with_suffix(".sha256")
-
-
-def write_shard(
-    root: Path, i: int, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
-) -> None:
-    """Write shard ``i`` atomically, then its checksum (the shard counts as done once both exist)."""
-    path = shard_path(root, i)
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=root)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        publish(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    atomic_write_text(_sum_path(path), file_digest(path) + "\n")
-
-
 def remove_temp_files(root: Path) -> None:
     """Delete the temp files that writes killed mid-way left in ``root`` (``.shard-*``, ``.meta.json.*``,
     ...): atomic writes create the final names only by renaming, so these are never complete files."""
-    remove_leftovers(root, ["shard-*", META, "building.json"])
+    remove_shard_leftovers(root, [META, "building.json"])
 
 
 def read_meta(root: Path) -> dict[str, Any]:
@@ -95,22 +79,16 @@ def read_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
-def shard_done(root: Path, i: int) -> bool:
-    """True when shard ``i`` exists and matches its recorded checksum (a torn or stale shard is redone)."""
-    path, sums = shard_path(root, i), _sum_path(shard_path(root, i))
-    return path.is_file() and sums.is_file() and sums.read_text().strip() == file_digest(path)
-
-
 def finalize(root: Path, meta: dict[str, Any], num_shards: int) -> None:
     """Write meta.json (the completeness marker) with every shard's checksum."""
     shards = {}
     for i in range(num_shards):
         path = shard_path(root, i)
-        if not _sum_path(path).is_file():
+        if not sum_path(path).is_file():
             raise KdkitError(
                 f"teacher cache {root}: shard {path.name} is missing; rerun `kdkit cache` to finish it"
             )
-        shards[path.name] = _sum_path(path).read_text().strip()
+        shards[path.name] = sum_path(path).read_text().strip()
     atomic_write_json(root / META, {**meta, "version": CACHE_VERSION, "shards": shards})
 
 
@@ -208,17 +186,3 @@ class TeacherCache:
             torch.cat(parts["target_logprobs"]),
             tail=self.tail,
         )
-
-    def outputs(self, batch: dict[str, Any], device: torch.device) -> Any:
-        """What a live teacher forward would give the method's loss, read from the cache."""
-        idx = batch["idx"]
-        if self.meta["kind"] == "logits":
-            return SimpleNamespace(logits=self.logits(idx).to(device))
-        from kdkit.methods.lm_base import LMOutputs, shift
-
-        _, mask = shift(batch)
-        top = self.topk(idx, mask.sum(1).tolist())
-        top = TopKTeacher(
-            top.indices.to(device), top.logprobs.to(device), top.target_logprobs.to(device), top.tail
-        )
-        return LMOutputs(None, None, None, topk=top)

@@ -21,6 +21,7 @@ from accelerate import Accelerator
 
 from kdkit.errors import KdkitError, warn
 from kdkit.io import atomic_write_json, file_digest, fsync_file
+from kdkit.layout import checkpoint_dir, checkpoint_step, step_dirs
 
 STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.pt"
@@ -35,23 +36,6 @@ class TrainerState:
     best_step: int | None = None
     examples_seen: int = 0
     train_seconds: float = 0.0
-
-
-def checkpoint_dir(output_dir: Path) -> Path:
-    return output_dir / "checkpoints"
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name.split("-")[1])
-
-
-def step_dirs(output_dir: Path) -> list[Path]:
-    """Every ``step-N`` dir, complete or not, oldest first."""
-    root = checkpoint_dir(output_dir)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
-    return sorted(found, key=checkpoint_step)
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:

@@ -49,6 +49,7 @@ class RunLogger:
         truncate_log(log_dir / LOG_FILE, start_step)
         self._jsonl = open(log_dir / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         try:
+            # tensorboard: heavy (~1 s to import) and optional for training: loaded only when logging starts
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: TensorBoard hides the events of steps >= it written by an earlier writer

@@ -1,8 +1,9 @@
 """The training loop: one function, top to bottom, on Accelerate.
 
-teacher forward (no grad, eval mode; or read from the teacher cache) -> student forward -> method loss -> backward (accumulated)
--> clip -> optimizer/scheduler step -> log -> eval -> checkpoint. The same loop fine-tunes (no teacher,
-``TaskLoss``) and distills (a registered method's ``Loss``).
+method's per-batch draws -> teacher outputs (a ``TeacherSource``: the live teacher under no_grad in eval mode,
+or a cache) -> student forward -> method loss -> backward (accumulated) -> clip -> optimizer/scheduler step
+-> log -> eval -> checkpoint. The same loop fine-tunes (no teacher, the family's task loss) and distills (a
+registered method); every method is a ``kdkit.methods.base.Method``, so its hooks are called, never looked up.
 
 Determinism: data order is a permutation seeded by (seed, epoch), the DataLoader draws from its own
 generator, and checkpoints carry every RNG state, so N straight steps and N/2 + ``--resume`` N/2 give
@@ -22,7 +23,7 @@ import contextlib
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,16 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from kdkit.config import TrainConfig
 from kdkit.errors import KdkitError
 from kdkit.eval.metrics import greater_is_better
 from kdkit.io import atomic_dir, remove_leftovers
+from kdkit.methods.base import Batch, LossOutput, Method
+from kdkit.teacher.source import TeacherSource
 from kdkit.train.checkpoint import (
     TrainerState,
     find_resumable,
@@ -69,30 +73,15 @@ class EpochSampler(Sampler[int]):
 class Trainee(nn.Module):
     """Student + the method's loss module (which may own trainable projections): one module for DDP."""
 
-    def __init__(self, student: nn.Module, loss_fn: nn.Module) -> None:
+    def __init__(self, student: nn.Module, method: Method) -> None:
         super().__init__()
         self.student = student
-        self.loss_fn = loss_fn
+        self.loss_fn = method
         # FSDP's transformer-based wrap policy reads the blocks to shard by from the model it is given
         self._no_split_modules = getattr(student, "_no_split_modules", None)
 
-    def forward(self, batch: dict[str, Any], teacher_out: Any) -> Any:
-        return self.loss_fn(student_outputs(self.loss_fn, self.student, batch), teacher_out, batch)
-
-
-def student_outputs(loss_fn: nn.Module, student: nn.Module, batch: dict[str, Any]) -> Any:
-    """The student outputs the loss wants: its own ``student_forward`` (e.g. causal LMs: final hidden
-    states + LM head, for the chunked loss), else the model's output (with hidden states if asked)."""
-    if hasattr(loss_fn, "student_forward"):
-        return loss_fn.student_forward(student, batch)
-    return student(**batch["student"], output_hidden_states=getattr(loss_fn, "needs_hidden_states", False))
-
-
-def teacher_outputs(loss_fn: nn.Module, teacher: nn.Module, batch: dict[str, Any]) -> Any:
-    """Like ``student_outputs`` for the (frozen) teacher; the caller runs it under no_grad."""
-    if hasattr(loss_fn, "teacher_forward"):
-        return loss_fn.teacher_forward(teacher, batch)
-    return teacher(**batch["teacher"], output_hidden_states=getattr(loss_fn, "needs_hidden_states", False))
+    def forward(self, batch: Batch, teacher_out: Any) -> LossOutput:
+        return self.loss_fn(self.loss_fn.student_forward(self.student, batch), teacher_out, batch)
 
 
 @dataclass
@@ -101,16 +90,15 @@ class LoopInputs:
 
     output_dir: Path
     student: nn.Module
-    loss_fn: nn.Module
-    teacher: nn.Module | None
-    train_set: Any  # torch Dataset of examples
-    collate: Any
-    evaluate: Any  # callable(student, accelerator) -> dict of validation metrics
+    method: Method  # the loss module and its hooks
+    teacher: TeacherSource | None  # None: fine-tuning, no teacher
+    train_set: Dataset
+    collate: Callable[[list[dict[str, Any]]], Batch]
+    evaluate: Callable[[nn.Module, Accelerator], dict[str, float]]  # validation metrics of the student
     best_metric: str
-    save_student: Any  # callable(student, dir) that writes a loadable model dir
-    # callable(batch, step, micro) -> batch, run before the forward passes (e.g. on-policy generations)
-    prepare_batch: Any = None
-    teacher_cache: Any = None  # kdkit.teacher.cache.TeacherCache: teacher outputs read, not computed
+    save_student: Callable[[nn.Module, Path], None]  # writes a loadable model dir
+    # the family's own step before the forward passes (e.g. on-policy generations), seeded by (step, micro)
+    prepare_batch: Callable[[Batch, int, int], Batch] | None = None
 
 
 def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -140,23 +128,20 @@ def _batches(
 
 def _accumulate(
     trainee: nn.Module,
-    teach: Any,
-    stream: Iterator[Any],
-    loss_fn: nn.Module,
+    inputs: LoopInputs,
+    stream: Iterator[Batch],
     accelerator: Accelerator,
     grad_accum: int,
     state: TrainerState,
-    prepare_batch: Any = None,
 ) -> dict[str, float]:
     """Forward and backward ``grad_accum`` micro-batches; returns the mean of each loss part."""
     parts_sum: dict[str, float] = {}
     for micro in range(grad_accum):
         batch = next(stream)
-        if prepare_batch is not None:
-            batch = prepare_batch(batch, state.step, micro)
-        if hasattr(loss_fn, "prepare_batch"):  # the method's own per-batch draws (e.g. MixKD's pairs)
-            batch = loss_fn.prepare_batch(batch, state.step, micro)
-        teacher_out = teach(batch)
+        if inputs.prepare_batch is not None:
+            batch = inputs.prepare_batch(batch, state.step, micro)
+        batch = inputs.method.prepare_batch(batch, state.step, micro)  # the method's own draws
+        teacher_out = inputs.teacher.outputs(batch, accelerator) if inputs.teacher is not None else None
         # only the last micro-batch all-reduces gradients across processes
         sync = accelerator.no_sync(trainee) if micro < grad_accum - 1 else contextlib.nullcontext()
         with sync, accelerator.autocast():
@@ -215,7 +200,7 @@ def _check_finite_weights(params: list[torch.Tensor], step: int, out: Path) -> N
 
 def train_loop(
     inputs: LoopInputs,
-    train_cfg: Any,
+    train_cfg: TrainConfig,
     accelerator: Accelerator,
     *,
     resume: bool = False,
@@ -226,7 +211,7 @@ def train_loop(
     shards: use it, not ``inputs.student``, for the final evaluation and save)."""
     cfg = train_cfg
     out = inputs.output_dir
-    trainee = Trainee(inputs.student, inputs.loss_fn)
+    trainee = Trainee(inputs.student, inputs.method)
     optimizer = torch.optim.AdamW(_param_groups(trainee, cfg.weight_decay), lr=cfg.lr)
     sampler = EpochSampler(len(inputs.train_set), cfg.seed)
     loader = DataLoader(
@@ -241,17 +226,6 @@ def train_loop(
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     scheduler_name = "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler
     scheduler = get_scheduler(scheduler_name, optimizer, int(cfg.warmup_ratio * total), total)
-    teacher = inputs.teacher.to(accelerator.device) if inputs.teacher is not None else None
-
-    def teach(batch: dict[str, Any]) -> Any:
-        """The teacher's outputs for a batch: read from the cache, computed live, or None (fine-tuning)."""
-        if inputs.teacher_cache is not None:
-            return inputs.teacher_cache.outputs(batch, accelerator.device)
-        if teacher is None:
-            return None
-        with torch.no_grad(), accelerator.autocast():
-            return teacher_outputs(inputs.loss_fn, teacher, batch)
-
     state = TrainerState()
     if accelerator.is_main_process:
         _remove_leftovers(out)
@@ -274,9 +248,7 @@ def train_loop(
     start_step, t0, stopped = state.step, time.perf_counter(), False
     trainee.train()
     while state.step < total:
-        parts_sum = _accumulate(
-            trainee, teach, stream, inputs.loss_fn, accelerator, cfg.grad_accum, state, inputs.prepare_batch
-        )
+        parts_sum = _accumulate(trainee, inputs, stream, accelerator, cfg.grad_accum, state)
         if not all(math.isfinite(v) for v in parts_sum.values()):
             raise KdkitError(
                 f"loss is {parts_sum} at step {state.step + 1}; lower train.lr or use mixed_precision=no "

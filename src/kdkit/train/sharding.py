@@ -14,7 +14,6 @@ Recipes: ``configs/accelerate/{fsdp,zero2,zero3}.yaml`` (docs/distributed.md).
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 import torch
@@ -22,34 +21,9 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import nn
 
-from kdkit.errors import KdkitError, warn
+from kdkit.errors import KdkitError
 
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
-
-
-def check_launch(grad_accum: int, max_grad_norm: float | None) -> None:
-    """Refuse an FSDP/DeepSpeed launch that Accelerate would not run as asked (one line each)."""
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if deepspeed and grad_accum > 1:
-        # Accelerate's DeepSpeed backward steps the engine on every call unless its own accumulation
-        # context is used; kdkit accumulates itself, so it would step once per micro-batch
-        raise KdkitError(
-            f"DeepSpeed runs need train.grad_accum: 1 (got {grad_accum}); raise train.batch_size or the "
-            "number of processes instead"
-        )
-    if (fsdp or deepspeed) and not torch.cuda.is_available():
-        name = "FSDP" if fsdp else "DeepSpeed"
-        raise KdkitError(
-            f"{name} needs GPUs: Accelerate runs it on GPUs only (on CPUs it would silently fall back to "
-            "DDP); on CPUs launch plain DDP (`accelerate launch --multi_gpu --num_processes N -m kdkit.cli ...`)"
-        )
-    clip = os.environ.get("ACCELERATE_GRADIENT_CLIPPING")
-    if deepspeed and clip is not None and max_grad_norm is not None and float(clip) != float(max_grad_norm):
-        warn(
-            f"under DeepSpeed the recipe's gradient_clipping ({clip}) clips the gradients, not "
-            f"train.max_grad_norm ({max_grad_norm}); make them equal to silence this"
-        )
 
 
 def is_sharded(accelerator: Accelerator) -> bool:

@@ -7,12 +7,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from tests.conftest import SHARED_DATA
 
 from kdkit.config import DataConfig, SplitConfig
 from kdkit.data import Split, TaskData, load_task_data, resolve_data_path
 from kdkit.errors import KdkitError
 
-GLUE = Path("/work/shared/data")
+GLUE = SHARED_DATA
 
 
 def csv_file(path: Path, rows: dict[str, list[Any]]) -> str:
@@ -251,7 +252,7 @@ def test_tweets_asset() -> None:
     assert data.label_names == ["negative", "neutral", "positive"]
 
 
-@pytest.mark.skipif(not GLUE.is_dir(), reason="shared GLUE data folder /work/shared/data is absent")
+@pytest.mark.skipif(not GLUE.is_dir(), reason="the shared GLUE data folder ($KDKIT_DATA_ROOT) is absent")
 def test_glue_dev_files() -> None:
     root = str(GLUE)
     none = SplitConfig(validation=0)

@@ -14,8 +14,7 @@ from tests.conftest import bert_classifier as _model
 from kdkit.config import resolve_method
 from kdkit.errors import KdkitError
 from kdkit.methods import METHODS
-from kdkit.methods.base import LossContext
-from kdkit.train.loop import student_outputs, teacher_outputs
+from kdkit.methods.base import CLASSIFIER_TASKS, LM_TASKS, LossContext
 
 
 def _batch(num_labels: int = 3, regression: bool = False) -> dict[str, Any]:
@@ -38,24 +37,15 @@ def _configs(name: str) -> list[Any]:
     return out
 
 
-def _task(name: str) -> str:
-    """The family a method serves: its ``check`` refuses the other one."""
-    try:
-        METHODS.get(name).check(resolve_method({"name": name}), "classification")
-    except KdkitError:
-        return "causal_lm"
-    return "classification"
-
-
-CLASSIFIER_METHODS = [n for n in METHODS.names() if _task(n) == "classification"]
-LM_METHODS = [n for n in METHODS.names() if _task(n) == "causal_lm"]
+CLASSIFIER_METHODS = [n for n in METHODS.names() if METHODS.get(n).tasks <= CLASSIFIER_TASKS]
+LM_METHODS = [n for n in METHODS.names() if METHODS.get(n).tasks <= LM_TASKS]
 
 
 def _loss(config: Any, teacher: Any, student: Any, task: str = "classification") -> Any:
     ctx = LossContext(task, teacher.config.num_labels, teacher.config, student.config, None, True)
     if config.name == "reaugkd":
         ctx.resources = identity_kb(teacher, _batch(teacher.config.num_labels), k=2)
-    return METHODS.get(config.name).Loss(config, ctx)
+    return METHODS.get(config.name)(config, ctx)
 
 
 def identity_kb(teacher: Any, batch: dict[str, Any], k: int) -> dict[str, Any]:
@@ -77,15 +67,19 @@ def identity_kb(teacher: Any, batch: dict[str, Any], k: int) -> dict[str, Any]:
 
 def _forward(loss_fn: Any, student: Any, teacher: Any, batch: dict[str, Any], step: int = 0) -> Any:
     """As the training loop does it: the method's batch preparation, then teacher and student outputs."""
-    if hasattr(loss_fn, "prepare_batch"):
-        batch = loss_fn.prepare_batch(batch, step, 0)
+    batch = loss_fn.prepare_batch(batch, step, 0)
     with torch.no_grad():
-        t_out = teacher_outputs(loss_fn, teacher.eval(), batch)
-    return loss_fn(student_outputs(loss_fn, student, batch), t_out, batch)
+        t_out = loss_fn.teacher_forward(teacher.eval(), batch)
+    return loss_fn(loss_fn.student_forward(student, batch), t_out, batch)
 
 
 def test_every_method_is_in_one_family() -> None:
     assert set(CLASSIFIER_METHODS) | set(LM_METHODS) == set(METHODS.names())
+    assert not set(CLASSIFIER_METHODS) & set(LM_METHODS)
+    for name in METHODS:  # each method's check refuses the other family's tasks
+        other = "causal_lm" if name in CLASSIFIER_METHODS else "classification"
+        with pytest.raises(KdkitError, match=name):
+            METHODS.get(name).check(resolve_method({"name": name}), other)
     assert {"kd"} <= set(CLASSIFIER_METHODS)
     assert {"forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd", "atkd"} <= set(LM_METHODS)
 
@@ -128,7 +122,7 @@ def test_kd_default_layer_map_follows_the_layers_the_student_was_cut_from() -> N
     teacher, student = _model(layers=4, seed=0), _model(layers=2, seed=1)
     config = resolve_method({"name": "kd", "hidden_weight": 1.0})
     ctx = LossContext("classification", 3, teacher.config, student.config, [0, 3], True)
-    assert METHODS.get("kd").Loss(config, ctx).layer_map == [0, 3]
+    assert METHODS.get("kd")(config, ctx).layer_map == [0, 3]
     assert _loss(config, teacher, student).layer_map == [1, 3]  # evenly spaced otherwise
 
 

@@ -15,18 +15,8 @@ from kdkit.errors import KdkitError
 from kdkit.losses import atkd_loss, forward_kl, generalized_jsd
 from kdkit.methods import METHODS
 from kdkit.methods.base import LossContext
-from kdkit.train.loop import student_outputs, teacher_outputs
 
-
-def _is_lm(name: str) -> bool:
-    try:
-        METHODS.get(name).check(resolve_method({"name": name}), "causal_lm")
-    except KdkitError:
-        return False
-    return True
-
-
-LM_METHODS = [n for n in METHODS.names() if _is_lm(n)]
+LM_METHODS = [n for n in METHODS.names() if "causal_lm" in METHODS.get(n).tasks]
 VOCAB = 40  # real vocabulary; the models' embedding rows are padded beyond it
 
 
@@ -59,14 +49,14 @@ def _batch() -> dict[str, Any]:
 
 def _loss_fn(config: Any, teacher: Any, student: Any) -> Any:
     ctx = LossContext("causal_lm", 0, teacher.config, student.config, None, True, VOCAB)
-    return METHODS.get(config.name).Loss(config, ctx)
+    return METHODS.get(config.name)(config, ctx)
 
 
 def _run(config: Any, student: Any, teacher: Any, batch: dict[str, Any]) -> Any:
     loss_fn = _loss_fn(config, teacher, student)
     with torch.no_grad():
-        t_out = teacher_outputs(loss_fn, teacher.eval(), batch)
-    return loss_fn(student_outputs(loss_fn, student, batch), t_out, batch)
+        t_out = loss_fn.teacher_forward(teacher.eval(), batch)
+    return loss_fn(loss_fn.student_forward(student, batch), t_out, batch)
 
 
 @pytest.mark.parametrize("name", LM_METHODS)

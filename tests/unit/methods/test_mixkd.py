@@ -17,7 +17,6 @@ from kdkit.losses.mixup import mix_attention_mask, mix_embeddings, mix_targets, 
 from kdkit.methods import METHODS
 from kdkit.methods import mixkd as mixkd_module
 from kdkit.methods.base import LossContext
-from kdkit.train.loop import student_outputs, teacher_outputs
 
 
 def _batch(regression: bool = False, teacher_len: int | None = None, n: int = 6) -> dict[str, Any]:
@@ -38,14 +37,14 @@ def _batch(regression: bool = False, teacher_len: int | None = None, n: int = 6)
 def _loss(raw: dict[str, Any], task: str = "classification", num_labels: int = 3) -> Any:
     config = resolve_method({"name": "mixkd", **raw})
     cfg = _model(num_labels).config
-    return METHODS.get("mixkd").Loss(config, LossContext(task, num_labels, cfg, cfg, None, True, seed=7))
+    return METHODS.get("mixkd")(config, LossContext(task, num_labels, cfg, cfg, None, True, seed=7))
 
 
 def _run(loss_fn: Any, student: Any, teacher: Any, batch: dict[str, Any], step: int = 0) -> Any:
     batch = loss_fn.prepare_batch(batch, step, 0)
     with torch.no_grad():
-        t_out = teacher_outputs(loss_fn, teacher, batch)
-    return loss_fn(student_outputs(loss_fn, student, batch), t_out, batch), batch
+        t_out = loss_fn.teacher_forward(teacher, batch)
+    return loss_fn(loss_fn.student_forward(student, batch), t_out, batch), batch
 
 
 def test_lambda_zero_and_one_give_the_originals() -> None:

@@ -24,7 +24,7 @@ from kdkit.retrieval.build import KBSettings, build_kb, train_projection
 def _loss(teacher: Any, student: Any, resources: dict[str, Any], **fields: Any) -> Any:
     config = resolve_method({"name": "reaugkd", **fields})
     ctx = LossContext("classification", 3, teacher.config, student.config, None, True, resources=resources)
-    return METHODS.get("reaugkd").Loss(config, ctx)
+    return METHODS.get("reaugkd")(config, ctx)
 
 
 def test_candidates_exclude_self_and_count_batch_neighbours_once() -> None:

@@ -74,10 +74,12 @@ def test_causal_lm_card_and_every_method_has_a_paper(tmp_path: Path, monkeypatch
     meta = front_matter(text)
     assert meta["pipeline_tag"] == "text-generation" and "atkd" in meta["tags"]
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # the packaged teacher is a dequantized 4-bit GGUF: the card says so beside base_model
+    assert "Q4_1-quantized GGUF of HuggingFaceTB/SmolLM2-135M-Instruct, dequantized to float32" in text
     assert "Revisiting Knowledge Distillation for Autoregressive Language Models" in text
     assert "| this model | validation | 566.2100 | 2.6500 |" in text
     for name in METHODS:
-        paper = METHODS.get(name).PAPER
+        paper = METHODS.get(name).paper
         assert isinstance(paper, str) and any(str(y) in paper for y in range(2014, 2026)), name
 
 

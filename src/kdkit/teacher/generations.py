@@ -1,15 +1,11 @@
-"""Where the training responses of a causal-LM run come from, besides the ground truth.
+"""Teacher generations as training responses (sequence-level KD, Kim and Rush, EMNLP 2016).
 
-- **Teacher generations** (sequence-level KD, Kim and Rush, EMNLP 2016): the teacher answers every
+The teacher answers every
   training prompt once, before training; the answers are stored beside the run in
   ``teacher_generations.jsonl`` and replace the ground-truth responses. Generation is written in blocks to
   ``teacher_generations.partial.jsonl`` (appended and flushed), so a killed run resumes where it stopped;
   each block has its own seed, so a resumed run generates exactly what an uninterrupted one would.
-  The answers are stored as text and tokenized again for training like ground-truth responses.
-- **On-policy student generations** (GKD, Agarwal et al., ICLR 2024, Algorithm 1): before each
-  micro-batch, with probability ``generation.on_policy`` (GKD's lambda), the student answers the batch's
-  prompts with its current weights and the loss is computed on its own samples (the teacher scores them).
-  The coin and the sampling are seeded by (seed, step, micro-batch), so a resumed run draws the same.
+The answers are stored as text and tokenized again for training like ground-truth responses.
 """
 
 from __future__ import annotations
@@ -19,13 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from accelerate import Accelerator
-from accelerate.utils import send_to_device
 from torch import nn
 
 from kdkit.config import GenerationConfig
-from kdkit.data.lm import LMSplit, encode_prompts, join_response, with_responses
+from kdkit.data.lm import LMSplit, encode_prompts, with_responses
 from kdkit.errors import KdkitError
 from kdkit.eval.lm import generate_tokens
 
@@ -120,48 +114,3 @@ def _generate_all(
             f.flush()
             os.fsync(f.fileno())
     os.replace(partial, final)
-
-
-class OnPolicy:
-    """``prepare_batch`` for the loop: with probability ``gen.on_policy``, the student's own responses."""
-
-    def __init__(
-        self,
-        student: nn.Module,
-        tokenizer: Any,
-        gen: GenerationConfig,
-        collate: Any,
-        max_length: int,
-        accelerator: Accelerator,
-    ) -> None:
-        self.student, self.tokenizer, self.gen = student, tokenizer, gen
-        self.collate, self.max_length, self.accelerator = collate, max_length, accelerator
-
-    def __call__(self, batch: dict[str, Any], step: int, micro: int) -> dict[str, Any]:
-        rank = self.accelerator.process_index
-        rng = np.random.default_rng([self.gen.seed, step, micro, rank])
-        if rng.random() >= self.gen.on_policy:
-            return batch
-        prompts = batch["prompt_ids"]
-        new = generate_tokens(
-            self.student,
-            prompts,
-            pad_id=self.tokenizer.pad_token_id,
-            eos_id=self.tokenizer.eos_token_id,
-            max_new_tokens=self.gen.max_new_tokens,
-            batch_size=len(prompts),
-            temperature=self.gen.temperature,
-            top_p=self.gen.top_p,
-            seed=int(rng.integers(2**31)),
-            desc=None,
-        )
-        eos = self.tokenizer.eos_token_id
-        items = []
-        for p, r in zip(prompts, new, strict=True):
-            # generate_tokens cuts before EOS; a response shorter than max_new_tokens ended with EOS
-            complete = len(r) < self.gen.max_new_tokens
-            input_ids, labels = join_response(
-                p, [*r, eos] if complete else r, eos, self.max_length, bos_id=self.tokenizer.bos_token_id
-            )
-            items.append({"input_ids": input_ids, "labels": labels, "prompt_ids": p})
-        return send_to_device(self.collate(items), self.accelerator.device)

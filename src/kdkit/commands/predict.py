@@ -1,0 +1,98 @@
+"""`kdkit predict`: labels and probabilities of a saved classifier for texts; a run whose method serves
+its own predictor (e.g. with retrieval from its knowledge base) is served by it, unless ``--no-retrieval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from kdkit.commands.runs import run_method
+from kdkit.config import read_yaml
+from kdkit.data.tables import read_table
+from kdkit.errors import KdkitError
+from kdkit.eval.predict import ClassifierPredictor
+from kdkit.layout import CONFIG
+from kdkit.methods.base import Predictor
+
+
+def read_inputs(
+    texts: list[str] | None, path: str | None, text_column: str, pair_column: str | None
+) -> tuple[list[str], list[str] | None]:
+    """The texts given on the command line, or the columns of an input file."""
+    if texts:
+        return list(texts), None
+    assert path is not None
+    file = Path(path)
+    if not file.is_file():
+        raise KdkitError(f"--input: no file {file}")
+    frame = read_table(file)
+    columns = [text_column] + ([pair_column] if pair_column else [])
+    for col in columns:
+        if col not in frame.columns:
+            raise KdkitError(
+                f"--input {file}: no column '{col}'; columns: {', '.join(map(str, frame.columns))}"
+            )
+    pairs = frame[pair_column].astype(str).tolist() if pair_column else None
+    return frame[text_column].astype(str).tolist(), pairs
+
+
+def saved_max_length(run_dir: Path) -> int:
+    """The student's max_length of a run dir (its config.yaml), else 128."""
+    saved = run_dir / CONFIG
+    if saved.is_file():
+        student = read_yaml(saved).get("student") or {}
+        if isinstance(student, dict) and student.get("max_length"):
+            return int(student["max_length"])
+    return 128
+
+
+def load_predictor(model_dir: Path, settings: dict[str, Any]) -> tuple[Predictor, bool]:
+    """The run's own predictor (from its method) or the plain classifier; and whether it is the method's.
+    ``settings``: inference settings asked for on the command line (refused for a plain run)."""
+    found = run_method(model_dir)
+    predictor = found[0].predictor(found[1], model_dir, settings) if found is not None else None
+    if predictor is not None:
+        return predictor, True
+    if settings:
+        raise KdkitError(
+            f"--{'/--'.join(sorted(settings))} need a run whose method serves them (a ReAugKD run dir with its "
+            f"knowledge base); {model_dir} is not one"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return ClassifierPredictor(model, tokenizer, saved_max_length(model_dir)), False
+
+
+def predict(
+    model_dir: str | Path,
+    texts: list[str] | None = None,
+    *,
+    input_file: str | None = None,
+    text_column: str = "text",
+    pair_column: str | None = None,
+    batch_size: int = 32,
+    retrieval: bool = True,
+    settings: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per text: ``{"text", "label", "probs", "retrieval"}``."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise KdkitError(f"--model {model_dir}: no saved model (config.json missing)")
+    if batch_size < 1:
+        raise KdkitError(f"--batch-size must be >= 1, got {batch_size}")
+    texts, pairs = read_inputs(texts, input_file, text_column, pair_column)
+    predictor, own = load_predictor(model_dir, settings or {})
+    retrieval = own and retrieval
+    probs = predictor.predict_proba(texts, pairs, batch_size=batch_size, retrieval=retrieval)
+    id2label = predictor.model.config.id2label
+    return [
+        {
+            "text": t,
+            "label": id2label[int(p.argmax())],
+            "probs": [round(float(x), 6) for x in p],
+            "retrieval": retrieval,
+        }
+        for t, p in zip(texts, probs, strict=True)
+    ]

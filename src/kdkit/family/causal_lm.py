@@ -1,0 +1,306 @@
+"""The causal-LM family (GPT/Llama-like): instruction data (prompt masked, response trained on), token-level
+methods, perplexity on response tokens and ROUGE-L of greedy answers.
+
+Extra files in the output dir: ``teacher_generations.jsonl`` (``generation.source: teacher``) and
+``generations/<split>.jsonl`` (the student's greedy answers used for ROUGE-L).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from kdkit.config import Config, ModelConfig, TrainConfig
+from kdkit.data.lm import LMCollator, LMData, LMDataset, LMEncoded, encode_lm, load_lm_data, shift_labels
+from kdkit.errors import KdkitError
+from kdkit.eval.lm import perplexity
+from kdkit.eval.lm_evaluate import eval_sets, lm_loader, lm_metrics
+from kdkit.eval.metrics import check_metrics, default_best_metric
+from kdkit.family.base import Family, Job, RunData, Student, Teacher, report_truncation
+from kdkit.family.on_policy import OnPolicy
+from kdkit.methods import METHODS
+from kdkit.methods.base import LM_TASKS, Batch, LossContext, Resources
+from kdkit.methods.lm_base import LMTaskLoss
+from kdkit.models import (
+    LMOutputs,
+    build_lm_student,
+    check_lm_pair,
+    count_parameters,
+    freeze,
+    lm_forward,
+    load_causal_lm,
+    load_model_config,
+    load_tokenizer,
+    with_pad_token,
+)
+from kdkit.teacher.build import DTYPES, CacheJob, lm_provenance, open_cache, to_device, topk_rows
+from kdkit.teacher.cache import TeacherCache
+from kdkit.teacher.generations import GENERATIONS, teacher_generations
+
+
+class CausalLMFamily(Family):
+    name = "causal_lm"
+    tasks = LM_TASKS
+    finetune_method = LMTaskLoss
+
+    def check(self, config: Config, job: Job) -> None:
+        super().check(config, job)
+        if config.teacher.finetune is not None:
+            raise KdkitError(
+                "teacher.finetune is for classifiers; for causal_lm fine-tune the teacher with "
+                "`kdkit finetune --which teacher` and point teacher.model at its output dir"
+            )
+        if not config.teacher.model and not job.model.model:
+            raise KdkitError("set teacher.model (and student.layers / num_layers) or student.model")
+
+    def check_cache_use(self, config: Config, method: Any) -> None:
+        super().check_cache_use(config, method)
+        if config.generation.on_policy > 0:
+            raise KdkitError(
+                "cache.dir cannot serve generation.on_policy > 0: the student's own generations change every "
+                "step; set cache.dir: null (live teacher) or generation.on_policy: 0"
+            )
+
+    # --- data and models ----------------------------------------------------------------------------------
+    def load_data(self, config: Config, job: Job) -> LMData:
+        data = load_lm_data(config.data)
+        check_metrics("causal_lm", [self.best_metric(job.train, config.task)], 0)  # before any training
+        return data
+
+    def metric_names(self, config: Config, data: LMData) -> list[str]:
+        return ["perplexity", *(["rouge_l"] if config.eval.rouge else [])]
+
+    def best_metric(self, train: TrainConfig, task: str = "causal_lm") -> str:
+        return train.best_metric or default_best_metric("causal_lm")
+
+    def build_student(self, model: ModelConfig, base: str | None, data: LMData) -> Student:
+        name = base or model.model
+        assert name is not None
+        student, layers = build_lm_student(model, name)
+        tokenizer = with_pad_token(load_tokenizer(model.tokenizer or model.model or name))
+        return Student(student, tokenizer, layers)
+
+    def load_teacher(
+        self, config: Config, name: str, student: Student, job: Job, accelerator: Accelerator, data: LMData
+    ) -> Teacher:
+        tokenizer = with_pad_token(load_tokenizer(config.teacher.tokenizer or name))
+        if job.cached:  # the teacher's weights are never loaded; its tokenizer is checked like a live one's
+            return Teacher(
+                name, tokenizer, None, check_lm_pair(student.tokenizer, tokenizer, student.model, None)
+            )
+        model = freeze(load_causal_lm(name)).to(accelerator.device)
+        return Teacher(
+            name, tokenizer, model, check_lm_pair(student.tokenizer, tokenizer, student.model, model)
+        )
+
+    def encode(
+        self,
+        config: Config,
+        job: Job,
+        data: LMData,
+        student: Student,
+        teacher: Teacher | None,
+        accelerator: Accelerator,
+        out: Path,
+    ) -> RunData:
+        tokenizer, max_length = student.tokenizer, job.model.max_length
+        train_split = data.split("train")
+        if teacher is not None and config.generation.source == "teacher":
+            train_split = teacher_generations(
+                teacher.model,
+                tokenizer,
+                train_split,
+                config.generation,
+                max_length=max_length,
+                chat_template=config.data.chat_template,
+                out_dir=Path(config.cache.dir)
+                if job.cached
+                else out,  # a cache keeps the responses it covers
+                accelerator=accelerator,
+            )
+        train_enc = encode_lm(train_split, tokenizer, max_length, config.data.chat_template)
+        report_truncation(
+            "train", train_enc.num_truncated, len(train_enc), f"{job.which}.max_length", max_length
+        )
+        loaders = {}
+        if data.has("validation"):
+            loaders["validation"] = lm_loader(data.split("validation"), tokenizer, config, accelerator)
+        truncated = {"train": train_enc.num_truncated}
+        return RunData(
+            LMDataset(train_enc),
+            LMCollator(tokenizer.pad_token_id),
+            loaders,
+            truncated,
+            extra={"train": train_enc},
+        )
+
+    def loss_context(
+        self,
+        config: Config,
+        job: Job,
+        data: LMData,
+        student: Student,
+        teacher: Teacher | None,
+        run_data: RunData,
+        resources: Resources,
+    ) -> LossContext:
+        teacher_config = None
+        if teacher is not None:
+            teacher_config = (
+                teacher.model.config if teacher.model is not None else load_model_config(teacher.name)
+            )
+        return LossContext(
+            "causal_lm",
+            0,
+            teacher_config,
+            student.model.config,
+            student.layers,
+            True,
+            _vocab(student, teacher),
+            seed=job.train.seed,
+            resources=resources,
+        )
+
+    # --- teacher cache ------------------------------------------------------------------------------------
+    def open_cache(self, config: Config, data: LMData, teacher: Teacher, run_data: RunData) -> TeacherCache:
+        train_enc: LMEncoded = run_data.extra["train"]
+        return open_cache(config, lm_provenance(config, teacher.name, teacher.tokenizer, train_enc))
+
+    def read_cache(self, cache: TeacherCache, batch: Batch, device: torch.device) -> LMOutputs:
+        _, mask = shift_labels(batch)
+        top = cache.topk(batch["idx"], mask.sum(1).tolist())
+        top = type(top)(
+            top.indices.to(device), top.logprobs.to(device), top.target_logprobs.to(device), top.tail
+        )
+        return LMOutputs(None, None, None, topk=top)
+
+    def cache_job(self, config: Config, teacher_name: str, accelerator: Accelerator, root: Path) -> CacheJob:
+        METHODS.get(config.method.name).check(config.method, "causal_lm")  # a token-level method
+        tokenizer = with_pad_token(load_tokenizer(config.teacher.tokenizer or teacher_name))
+        teacher = freeze(load_causal_lm(teacher_name)).to(accelerator.device)
+        split = load_lm_data(config.data).split("train")
+        max_length = config.student.max_length  # the length training tokenizes to
+        if config.generation.source == "teacher":  # generated once, kept in the cache dir for training
+            split = teacher_generations(
+                teacher, tokenizer, split, config.generation, max_length=max_length,
+                chat_template=config.data.chat_template, out_dir=root, accelerator=accelerator,
+            )  # fmt: skip
+        encoded = encode_lm(split, tokenizer, max_length, config.data.chat_template)
+        vocab, k = len(tokenizer), config.cache.top_k
+        temperature = float(getattr(config.method, "temperature", 1.0))
+        if k > vocab:
+            raise KdkitError(f"cache.top_k is {k}, more than the vocabulary's {vocab} tokens; lower it")
+        dtype = DTYPES[config.cache.dtype]
+
+        def outputs(batch: Batch) -> list[dict[str, torch.Tensor]]:
+            out = lm_forward(teacher, to_device(batch["student"], accelerator.device), chunked=True)
+            targets, mask = shift_labels(batch)
+            mask, targets = mask.to(accelerator.device), targets.to(accelerator.device)
+            ids, lp, tgt = topk_rows(out, mask, targets, vocab, k, temperature)
+            counts = mask.sum(1).tolist()
+            return [
+                {"indices": a, "logprobs": b.to(dtype), "target_logprobs": c}
+                for a, b, c in zip(ids.split(counts), lp.split(counts), tgt.split(counts), strict=True)
+            ]
+
+        def pack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+            counts = torch.tensor([0] + [r["indices"].shape[0] for r in rows])
+            keys = ("indices", "logprobs", "target_logprobs")
+            return {"offsets": counts.cumsum(0), **{key: torch.cat([r[key] for r in rows]) for key in keys}}
+
+        meta = {"kind": "topk", "provenance": lm_provenance(config, teacher_name, tokenizer, encoded)}
+        meta.update(num_examples=len(encoded), shard_size=config.cache.shard_size, vocab_size=vocab)
+        if config.generation.source == "teacher":
+            meta["generations"] = GENERATIONS
+        return CacheJob(LMDataset(encoded), LMCollator(tokenizer.pad_token_id), outputs, pack, meta)
+
+    # --- training and evaluation ------------------------------------------------------------------------
+    def prepare_batch(
+        self, config: Config, job: Job, student: Student, run_data: RunData, accelerator: Accelerator
+    ) -> Callable[[Batch, int, int], Batch] | None:
+        if not job.teaches or config.generation.on_policy <= 0:
+            return None
+        collate = run_data.collate
+        assert isinstance(collate, LMCollator)
+        gen, max_length = config.generation, job.model.max_length
+        return OnPolicy(student.model, student.tokenizer, gen, collate, max_length, accelerator)
+
+    def validate_fn(
+        self,
+        config: Config,
+        job: Job,
+        data: LMData,
+        run_data: RunData,
+        student: Student,
+        teacher: Teacher | None,
+    ) -> Callable[[nn.Module, Accelerator], dict[str, float]]:
+        loader = run_data.eval_loaders.get("validation")
+        vocab = _vocab(student, teacher)
+
+        def evaluate(model: nn.Module, acc: Accelerator) -> dict[str, float]:
+            if loader is None:
+                return {}
+            return {"perplexity": perplexity(model, loader, acc, vocab_size=vocab)["perplexity"]}
+
+        return evaluate
+
+    def load_saved(self, path: Path) -> PreTrainedModel:
+        return AutoModelForCausalLM.from_pretrained(path)
+
+    def final_metrics(
+        self,
+        config: Config,
+        data: LMData,
+        trained: nn.Module,
+        student: Student,
+        teacher: Teacher | None,
+        run_data: RunData,
+        accelerator: Accelerator,
+        out: Path,
+    ) -> dict[str, Any]:
+        """Student (and teacher) perplexity and ROUGE-L on every eval set; generations saved per set."""
+        metrics: dict[str, Any] = {}
+        model = teacher.model if teacher is not None else None
+        tokenizer, vocab = student.tokenizer, _vocab(student, teacher)
+        trained.to(accelerator.device)
+        for name, split in eval_sets(data, config).items():
+            gen_file = out / "generations" / f"{name}.jsonl"
+            if accelerator.is_main_process:
+                gen_file.parent.mkdir(parents=True, exist_ok=True)
+            metrics[name] = lm_metrics(
+                trained, tokenizer, split, config, accelerator, vocab_size=vocab, generations_file=gen_file
+            )
+            if model is not None and config.eval.teacher:
+                metrics.setdefault("teacher", {})[name] = lm_metrics(
+                    model, tokenizer, split, config, accelerator, vocab_size=vocab
+                )
+        if model is not None:
+            metrics["teacher_parameters"] = count_parameters(model)
+        return metrics
+
+    def evaluate_saved(
+        self, model_dir: Path, config: Config, splits: list[str] | None, accelerator: Accelerator
+    ) -> tuple[dict[str, Any], nn.Module, dict[str, DataLoader], Any, list[str]]:
+        model = load_causal_lm(str(model_dir)).to(accelerator.device)
+        tokenizer = with_pad_token(load_tokenizer(str(model_dir)))
+        data = load_lm_data(config.data)
+        results: dict[str, Any] = {"model": str(model_dir)}
+        for name, split in eval_sets(data, config, splits).items():
+            results[name] = lm_metrics(
+                model, tokenizer, split, config, accelerator, vocab_size=len(tokenizer)
+            )
+        return results, model, {}, data, self.metric_names(config, data)
+
+
+def _vocab(student: Student, teacher: Teacher | None) -> int:
+    """The vocabulary the losses and metrics compare: the teacher's checked size, else the student's."""
+    if teacher is not None and teacher.vocab is not None:
+        return teacher.vocab
+    return len(student.tokenizer)
