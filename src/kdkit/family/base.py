@@ -18,12 +18,13 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from kdkit.config import Config, ModelConfig, TrainConfig
 from kdkit.errors import KdkitError, warn
 from kdkit.methods import METHODS
 from kdkit.methods.base import Batch, LossContext, Method, MethodConfig, Resources
+from kdkit.models import load_model_config
 from kdkit.teacher.build import CacheJob
 from kdkit.teacher.cache import TeacherCache
 
@@ -60,6 +61,10 @@ class Teacher:
     tokenizer: PreTrainedTokenizerBase
     model: nn.Module | None  # None: its outputs are read from a cache
     vocab: int | None = None  # causal LMs: the shared real vocabulary the losses compare
+
+    def model_config(self) -> PretrainedConfig:
+        """The teacher's model config (read from its files when its weights are not loaded)."""
+        return self.model.config if self.model is not None else load_model_config(self.name)
 
 
 @dataclass

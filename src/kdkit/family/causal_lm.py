@@ -36,7 +36,6 @@ from kdkit.models import (
     freeze,
     lm_forward,
     load_causal_lm,
-    load_model_config,
     load_tokenizer,
     with_pad_token,
 )
@@ -151,11 +150,7 @@ class CausalLMFamily(Family):
         run_data: RunData,
         resources: Resources,
     ) -> LossContext:
-        teacher_config = None
-        if teacher is not None:
-            teacher_config = (
-                teacher.model.config if teacher.model is not None else load_model_config(teacher.name)
-            )
+        teacher_config = teacher.model_config() if teacher is not None else None
         return LossContext(
             "causal_lm",
             0,

@@ -27,7 +27,6 @@ from kdkit.models import (
     count_parameters,
     freeze,
     load_classifier,
-    load_model_config,
     load_teacher_classifier,
     load_tokenizer,
 )
@@ -137,11 +136,7 @@ class ClassifierFamily(Family):
         run_data: RunData,
         resources: Resources,
     ) -> LossContext:
-        teacher_config = None
-        if teacher is not None:
-            teacher_config = (
-                teacher.model.config if teacher.model is not None else load_model_config(teacher.name)
-            )
+        teacher_config = teacher.model_config() if teacher is not None else None
         return LossContext(
             config.task,
             data.num_labels,

@@ -71,7 +71,7 @@ def lm_provenance(config: Config, teacher_name: str, tokenizer: Any, encoded: An
         "vocab_size": len(tokenizer),
         "top_k": config.cache.top_k,
         "dtype": config.cache.dtype,
-        "temperature": float(config.method.temperature),
+        "temperature": float(getattr(config.method, "temperature", 1.0)),  # token-level methods have one
     }
 
 
