@@ -13,15 +13,15 @@ that dir from then on; ``transformers`` loads it as-is.
 from __future__ import annotations
 
 import importlib.metadata
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from kdkit.config import kdkit_home
-from kdkit.errors import KdkitError, did_you_mean
-from kdkit.io import atomic_dir
+from kdkit.errors import KdkitError, did_you_mean, note
+from kdkit.io import atomic_dir, free_space_hint
+from kdkit.lock import path_lock
 
 
 @dataclass(frozen=True)
@@ -113,10 +113,18 @@ def converted_model_dir(asset: Asset) -> Path:
     if (out / "config.json").is_file():  # atomic_dir: a dir under its final name is complete
         return out
     gguf = asset.path()
-    msg = f"converting the asset '{asset.name}' from {gguf.name} to {out} once, ~30 s"
-    print(msg, file=sys.stderr)  # stderr: visible in the CLI, and stdout stays for results
-    with atomic_dir(out) as tmp:
-        convert_gguf(gguf, tmp)
+    with path_lock(out, f"the converted asset '{asset.name}'", wait=True):  # another process may convert it
+        if (out / "config.json").is_file():
+            return out
+        note(f"converting the asset '{asset.name}' from {gguf.name} to {out} once, ~30 s")
+        try:
+            with atomic_dir(out) as tmp:
+                convert_gguf(gguf, tmp)
+        except OSError as err:
+            raise KdkitError(
+                f"converting the asset '{asset.name}' into {out} failed ({err.strerror or err}); "
+                f"{free_space_hint(out.parent)}"
+            ) from None
     return out
 
 

@@ -10,10 +10,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import transformers
 from tqdm import tqdm
@@ -49,7 +52,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="continue from the last checkpoint in output_dir (one that fails its checksums is skipped with a "
         "warning); a run killed at any point ends as if never stopped (docs/resume.md)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in output_dir (only what kdkit wrote there is deleted; a dir that holds "
+        "no kdkit run is never touched)",
+    )
     p.add_argument(
         "--stop-after",
         type=int,
@@ -255,6 +263,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def _close_progress_bars() -> None:
     """Close the tqdm bars a failure left open (each ends its line)."""
     for bar in list(getattr(tqdm, "_instances", ())):
@@ -274,25 +286,56 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and `kill` send), handled as Ctrl-C: the run stops where it is, the
+    checkpoints it saved stay, and `--resume` continues."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Where a command writes, checked before it works."""
+    output = getattr(args, "output", None)
+    if output is None:
+        return
+    path = Path(output)
+    if args.command in ("eval", "predict") and path.is_dir():
+        raise KdkitError(
+            f"--output '{path}' is a directory; name a file to write the {args.command} results to"
+        )
+    if args.command in ("cache", "report") and path.exists() and not path.is_dir():
+        raise KdkitError(f"--output '{path}' is a file; `kdkit {args.command}` writes a directory there")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     card.record_command(argv)  # the exact command, for the model cards of the runs it writes
     _quiet_libraries()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _in_main_thread() else None
     try:
         try:
+            _check_outputs(args)
             handler = _cmd_method if getattr(args, "method_command", None) else COMMANDS[args.command]
             return handler(args)
         finally:
             _close_progress_bars()  # an error message then starts its own line
             card.clear_command()  # later API calls in this process are not this command
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     except KdkitError as err:
         if args.debug:
             traceback.print_exc()
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # always one line
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue a training run with --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(
+            f"{how}; the checkpoints saved so far are kept: continue a training run with --resume",
+            file=sys.stderr,
+        )
+        return 143 if isinstance(err, Terminated) else 130
     except Exception as err:  # an unexpected failure: one line, the traceback with --debug
         if args.debug:
             raise

@@ -90,6 +90,19 @@ class ModelConfig:
             _check_positive("num_layers", self.num_layers)
         if self.layers is not None and (not self.layers or min(self.layers) < 0):
             raise KdkitError(f"'layers' must be a non-empty list of layer indices >= 0, got {self.layers}")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            twice = sorted({i for i in self.layers if self.layers.count(i) > 1})
+            raise KdkitError(
+                f"'layers' lists layer(s) {twice} more than once ({self.layers}); keep each layer once"
+            )
+        for key, value in self.config_overrides.items():
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and value <= 0
+                and _is_size(key)
+            ):
+                raise KdkitError(f"'config_overrides.{key}' must be > 0 (a size), got {value}")
         _check_positive("max_length", self.max_length)
         if self.config_overrides and self.init != "random" and "num_labels" not in self.config_overrides:
             raise KdkitError(
@@ -283,6 +296,11 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def _is_size(key: str) -> bool:
+    """A model config field that counts or sizes something (hidden_size, num_hidden_layers, vocab_size, ...)."""
+    return key.endswith(("_size", "_layers", "_heads", "_dim", "_embeddings")) or key.startswith("num_")
+
+
 def _check_positive(key: str, value: int) -> None:
     if value <= 0:
         raise KdkitError(f"config key '{key}' must be > 0, got {value}")
@@ -323,6 +341,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise KdkitError(
+            f"config file '{path}' is a directory; pass a YAML file (`kdkit ls` lists the shipped configs)"
+        )
     if not path.is_file():
         raise KdkitError(f"config file '{path}' does not exist; `kdkit ls` lists the shipped configs")
     try:

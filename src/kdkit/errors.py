@@ -33,6 +33,13 @@ def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
 
 
+def note(message: str) -> None:
+    """Print a progress note on stderr (the main process of a multi-process launch): stdout stays for the
+    machine-readable results of `kdkit eval`, `predict`, `distill`, ..."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """An allocation failure: torch's OutOfMemoryError (GPU), the CPU allocator's, or Python's MemoryError."""
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":

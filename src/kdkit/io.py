@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from kdkit.errors import KdkitError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -116,3 +118,30 @@ def remove_leftovers(directory: str | Path, names: list[str]) -> list[Path]:
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the disk that holds ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def free_space_hint(path: str | Path) -> str:
+    """``"N GiB free on its disk"`` for messages about a failed write."""
+    return f"{_size(free_bytes(path))} free on the disk of '{path}'"
+
+
+def check_free_space(path: str | Path, needed: int, what: str) -> None:
+    """Refuse to start a write of about ``needed`` bytes under ``path`` that the disk cannot hold."""
+    free = free_bytes(path)
+    if needed > free:
+        raise KdkitError(
+            f"not enough disk space for {what} in '{path}': about {_size(needed)} needed, {_size(free)} free; "
+            "free some space or write elsewhere"
+        )

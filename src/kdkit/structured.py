@@ -53,6 +53,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 return coerce(value, arg, where)
             except KdkitError as err:
                 errors.append(str(err))
+        if len(errors) == 1:  # `X | None`: X's own, precise error (e.g. the nested key that is wrong)
+            raise KdkitError(errors[0])
         names = " or ".join(_type_name(a) for a in args if a is not type(None))
         raise KdkitError(f"config key '{where}' must be {names}, got {value!r}")
     if origin is Literal:

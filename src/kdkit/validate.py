@@ -67,9 +67,21 @@ def validate(source: Config | dict[str, Any] | str | Path, overrides: list[str] 
     else:
         student_cfg = teacher_cfg
         lines.append("student: cut from the teacher")
-    if student_cfg is not None and student.init == "pretrained":
-        encoder_depth_check(student_cfg.num_hidden_layers, student.layers, student.num_layers)
+    if student_cfg is not None:
+        _check_student(student_cfg, student)
     return lines + _artifact_lines(config)
+
+
+def _check_student(model_config: Any, student: Any) -> None:
+    """The student's layers exist in the model it is cut from, and its config_overrides are fields there."""
+    if student.init == "pretrained":
+        encoder_depth_check(model_config.num_hidden_layers, student.layers, student.num_layers)
+    unknown = [k for k in student.config_overrides if k != "num_labels" and not hasattr(model_config, k)]
+    if unknown:
+        raise KdkitError(
+            f"student.config_overrides: {', '.join(map(repr, unknown))} not a field of "
+            f"{type(model_config).__name__}; see the model's config.json for the fields it has"
+        )
 
 
 def _lm_model_line(role: str, name: str) -> tuple[str, Any | None]:
@@ -110,8 +122,8 @@ def _validate_lm(config: Config) -> list[str]:
         lines.append(line)
     else:
         lines.append("student: cut from the teacher")
-    if student_cfg is not None and student.init == "pretrained":
-        encoder_depth_check(student_cfg.num_hidden_layers, student.layers, student.num_layers)
+    if student_cfg is not None:
+        _check_student(student_cfg, student)
     return lines + _artifact_lines(config)
 
 

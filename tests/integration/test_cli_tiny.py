@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -16,16 +18,34 @@ from safetensors.torch import load_file
 from tests.conftest import tiny_config
 
 
-def kdkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "kdkit.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
+def kdkit(*args: str, cwd: Path | None = None, process: bool = False) -> subprocess.CompletedProcess[str]:
+    """``kdkit ARGS``: through ``kdkit.cli.main`` in this process (what it prints captured), or with
+    ``process=True`` in a new Python process (``python -m kdkit.cli``, as a user runs it; a few seconds of
+    start-up each)."""
+    if process:
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        return subprocess.run(
+            [sys.executable, "-m", "kdkit.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=env,
+            timeout=600,
+        )
+    from kdkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    here = Path.cwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    except SystemExit as exit_:  # argparse: --help, usage errors
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["kdkit", *args], code, out.getvalue(), err.getvalue())
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -36,10 +56,11 @@ def write_config(path: Path, config: dict) -> Path:
 def test_distill_through_cli(tiny_teacher: Path, tiny_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = write_config(tmp_path / "c.yaml", tiny_config(tiny_teacher, tiny_csv, out))
-    proc = kdkit("distill", "--config", str(cfg), "train.max_steps=4")
+    proc = kdkit("distill", "--config", str(cfg), "train.max_steps=4", process=True)  # as a user runs it
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "kd" and metrics["steps"] == 4
+    assert json.loads(proc.stdout)["output_dir"] == str(out)  # stdout: the result alone
     assert 0.0 <= metrics["validation"]["accuracy"] <= 1.0 and "agreement" in metrics["validation"]
     assert "validation" in metrics["teacher"]
     resolved = yaml.safe_load((out / "config.yaml").read_text())

@@ -161,7 +161,7 @@ def test_killed_kb_build_resumes_to_the_same_kb(tiny_teacher: Path, tiny_csv: Pa
     assert files(kb) == files(ref) == ["index.faiss", "kb.safetensors", "meta.json"]  # chunks gone
     for name in files(ref):
         assert (kb / name).read_bytes() == (ref / name).read_bytes(), name
-    assert [p.name for p in out.iterdir()] == ["kb"]  # no temp dirs beside it
+    assert sorted(p.name for p in out.iterdir()) == [".kdkit.lock", "kb"]  # no temp dirs beside it
 
 
 def test_corrupt_checkpoints_are_named_and_skipped(
@@ -176,7 +176,7 @@ def test_corrupt_checkpoints_are_named_and_skipped(
     captured = capsys.readouterr()
     assert f"warning: checkpoint {run / 'checkpoints' / 'step-4'} is unusable" in captured.err
     assert "model.safetensors is corrupt (sha256 mismatch); resuming from step-3" in captured.err
-    assert f"resuming from {run / 'checkpoints' / 'step-3'}" in captured.out
+    assert f"resuming from {run / 'checkpoints' / 'step-3'}" in captured.err  # notes: stderr
     _assert_same_run(run, reference("distill"))
 
     # none sound: both named in one line, exit 2, nothing deleted
@@ -208,7 +208,7 @@ def test_corrupt_cache_shard_and_meta_are_named(
     assert err.startswith("error: teacher cache")
     assert "shard-00001.safetensors is corrupt" in err
     assert main(["cache", "--config", str(cfg)]) == 0  # rebuilds that shard only
-    assert "shard-00001.safetensors missing or corrupt; rebuilding" in capsys.readouterr().out
+    assert "shard-00001.safetensors missing or corrupt; rebuilding" in capsys.readouterr().err
     assert (root / "meta.json").read_text() == meta
 
     damage(root / "meta.json", "truncate")
@@ -280,7 +280,7 @@ def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.undo()
     assert main(["distill", "--config", str(cfg), "--resume"]) == 0
-    assert f"resuming from {run / 'checkpoints' / 'step-2'}" in capsys.readouterr().out
+    assert f"resuming from {run / 'checkpoints' / 'step-2'}" in capsys.readouterr().err
     _assert_same_run(run, reference("distill"))
 
 

@@ -31,7 +31,7 @@ def test_teacher_is_fine_tuned_once_and_reused(
 
     raw["output_dir"] = str(tmp_path / "b")
     kdkit.finetune(raw, which="student")
-    assert "using the cached fine-tuned teacher" in capsys.readouterr().out
+    assert "using the cached fine-tuned teacher" in capsys.readouterr().err  # a note: stderr
     assert (cache / "model.safetensors").stat().st_mtime_ns == stamp
 
     raw["teacher"]["finetune"]["lr"] = 5e-4  # other training settings: another teacher

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from kdkit.config import Config, load_config
 from kdkit.errors import KdkitError
 from kdkit.family import family_for
+from kdkit.lock import dir_lock
 from kdkit.methods import METHODS
 from kdkit.runtime import make_accelerator
 from kdkit.teacher.build import build_cache
@@ -32,4 +34,6 @@ def build_cache_for_config(
     def job() -> Any:  # loads the data and the teacher: only when there is work to do
         return family.cache_job(config, resolve_teacher(config, accelerator), accelerator, root)
 
-    return root, build_cache(root, job, config.cache, accelerator)
+    lock = dir_lock(root, "teacher cache") if accelerator.is_main_process else contextlib.nullcontext()
+    with lock:  # one process writes a cache dir at a time
+        return root, build_cache(root, job, config.cache, accelerator)

@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
 from kdkit.commands.runs import run_method
 from kdkit.config import read_yaml
 from kdkit.data.tables import read_table
@@ -15,6 +13,8 @@ from kdkit.errors import KdkitError
 from kdkit.eval.predict import ClassifierPredictor
 from kdkit.layout import CONFIG
 from kdkit.methods.base import Predictor
+from kdkit.models import load_tokenizer
+from kdkit.models.load import load_trained_classifier
 
 
 def read_inputs(
@@ -27,7 +27,14 @@ def read_inputs(
     file = Path(path)
     if not file.is_file():
         raise KdkitError(f"--input: no file {file}")
-    frame = read_table(file)
+    try:
+        frame = read_table(file)
+    except KdkitError as err:  # predict reads csv, tsv, jsonl, json or parquet by the file's extension
+        raise KdkitError(
+            str(err).replace("set data.format to one of", "name the file with one of the extensions of")
+        ) from None
+    if frame.empty:
+        raise KdkitError(f"--input {file} has no rows: nothing to predict")
     columns = [text_column] + ([pair_column] if pair_column else [])
     for col in columns:
         if col not in frame.columns:
@@ -60,8 +67,8 @@ def load_predictor(model_dir: Path, settings: dict[str, Any]) -> tuple[Predictor
             f"--{'/--'.join(sorted(settings))} need a run whose method serves them (a ReAugKD run dir with its "
             f"knowledge base); {model_dir} is not one"
         )
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_trained_classifier(str(model_dir))
+    tokenizer = load_tokenizer(str(model_dir), model.config)
     return ClassifierPredictor(model, tokenizer, saved_max_length(model_dir)), False
 
 

@@ -22,7 +22,7 @@ from kdkit.assets import ASSETS, is_asset
 from kdkit.config import DataConfig
 from kdkit.data.sources import read_splits, resolve_data_path
 from kdkit.data.tables import FORMAT_BY_EXTENSION, read_table
-from kdkit.data.task_data import SplitAccess, hold_out, is_missing, subsample
+from kdkit.data.task_data import SplitAccess, hold_out, is_missing, subsample, text_values
 from kdkit.errors import KdkitError, did_you_mean
 
 # `{name}` placeholders only: a template is user text, so never str.format (no attribute/index access)
@@ -134,7 +134,7 @@ def lm_split(frame: pd.DataFrame, source: str, data: DataConfig, stats: dict[str
         prompts = fill_template(data.prompt_template, frame, source)
     else:
         _require(frame, source, str(data.prompt), "data.prompt")
-        prompts = ["" if is_missing(v) else str(v) for v in frame[str(data.prompt)].tolist()]
+        prompts = text_values(frame[str(data.prompt)], source, f"'{data.prompt}' (data.prompt)")
     keep = [i for i, refs in enumerate(references) if refs]
     stats["dropped_empty_response"] = len(frame) - len(keep)
     if not keep:

@@ -133,6 +133,8 @@ def _read_json(path: Path, fmt: str, encoding: str) -> pd.DataFrame:
                 f"data file '{path}' line {lineno}: expected a JSON object per line, got {type(record).__name__}"
             )
         records.append(record)
+    if not records:
+        raise KdkitError(f"data file '{path}' is empty (no records)")
     return pd.DataFrame.from_records(records)
 
 

@@ -153,11 +153,13 @@ def _columns(
     stats["rows_read"] = len(frame)
     if len(frame) == 0:
         raise KdkitError(f"{raw.source}: the file has no rows")
-    texts = _texts(frame[wanted["text"]])
+    texts = text_values(frame[wanted["text"]], raw.source, f"'{wanted['text']}' (data.text)")
     keep = np.array([bool(t.strip()) for t in texts])
     pairs = None
     if "text_pair" in wanted:
-        pairs = _texts(frame[wanted["text_pair"]])
+        pairs = text_values(
+            frame[wanted["text_pair"]], raw.source, f"'{wanted['text_pair']}' (data.text_pair)"
+        )
         keep &= np.array([bool(t.strip()) for t in pairs])
     stats["dropped_empty_text"] = int((~keep).sum())
     if not keep.any():
@@ -177,8 +179,18 @@ def _columns(
     return texts, pairs, labels
 
 
-def _texts(values: pd.Series) -> list[str]:
-    return ["" if is_missing(v) else str(v) for v in values.tolist()]
+def text_values(values: pd.Series, source: str, column: str) -> list[str]:
+    """The texts of a column; a missing value (null, NaN, blank) is an empty text (its row is dropped), and
+    a value that is no text (a list or an object, e.g. in jsonl) is refused, naming the row."""
+    out = []
+    for row, value in enumerate(values.tolist(), start=1):
+        if isinstance(value, (list, dict, tuple)) or (hasattr(value, "shape") and getattr(value, "ndim", 0)):
+            raise KdkitError(
+                f"{source}: row {row}, column {column} holds a {type(value).__name__}, not a text; "
+                "give one string per row"
+            )
+        out.append("" if is_missing(value) else str(value))
+    return out
 
 
 def is_missing(value: Any) -> bool:

@@ -136,6 +136,10 @@ class Family(ABC):
         """Read and split the data; check the metric names before any training."""
 
     @abstractmethod
+    def fingerprint(self, data: Any) -> str:
+        """sha256 of the examples of every split (a resumed run must train on the same)."""
+
+    @abstractmethod
     def metric_names(self, config: Config, data: Any) -> list[str]:
         """The metrics reported on the eval splits."""
 

@@ -7,6 +7,8 @@ Extra files in the output dir: ``teacher_generations.jsonl`` (``generation.sourc
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,11 @@ class CausalLMFamily(Family):
         data = load_lm_data(config.data)
         check_metrics("causal_lm", [self.best_metric(job.train, config.task)], 0)  # before any training
         return data
+
+    def fingerprint(self, data: LMData) -> str:
+        splits = [data.split(name) for name in data.available()]
+        payload = [[s.prompts, s.responses, s.references] for s in splits]
+        return hashlib.sha256(json.dumps([data.available(), payload]).encode()).hexdigest()
 
     def metric_names(self, config: Config, data: LMData) -> list[str]:
         return ["perplexity", *(["rouge_l"] if config.eval.rouge else [])]
@@ -284,7 +291,7 @@ class CausalLMFamily(Family):
         self, model_dir: Path, config: Config, splits: list[str] | None, accelerator: Accelerator
     ) -> tuple[dict[str, Any], nn.Module, dict[str, DataLoader], Any, list[str]]:
         model = load_causal_lm(str(model_dir)).to(accelerator.device)
-        tokenizer = with_pad_token(load_tokenizer(str(model_dir)))
+        tokenizer = with_pad_token(load_tokenizer(str(model_dir), model.config.get_text_config()))
         data = load_lm_data(config.data)
         results: dict[str, Any] = {"model": str(model_dir)}
         for name, split in eval_sets(data, config, splits).items():

@@ -3,6 +3,8 @@ pairs) with labels, sequence-classification models, logits, accuracy/F1/correlat
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,15 +23,16 @@ from kdkit.errors import KdkitError
 from kdkit.eval.metrics import agreement, check_metrics, compute_metrics, default_best_metric, default_metrics
 from kdkit.eval.predict import predict_logits, to_predictions
 from kdkit.family.base import Family, Job, RunData, Student, Teacher, report_truncation
+from kdkit.fingerprint import split_fingerprint
 from kdkit.methods.base import CLASSIFIER_TASKS, Batch, LossContext, Resources, TaskLoss
 from kdkit.models import (
     build_student,
     count_parameters,
     freeze,
-    load_classifier,
     load_teacher_classifier,
     load_tokenizer,
 )
+from kdkit.models.load import load_trained_classifier
 from kdkit.teacher.build import CacheJob, classifier_provenance, open_cache, to_device
 from kdkit.teacher.cache import TeacherCache
 
@@ -52,6 +55,13 @@ class ClassifierFamily(Family):
         names = [*self.metric_names(config, data), self.best_metric(job.train, config.task)]
         check_metrics(config.task, names, data.num_labels)  # before any training, not after
         return data
+
+    def fingerprint(self, data: TaskData) -> str:
+        parts = [
+            split_fingerprint(s.texts, s.text_pairs, s.labels)
+            for s in (data.split(name) for name in data.available())
+        ]
+        return hashlib.sha256(json.dumps([data.available(), parts, data.label_names]).encode()).hexdigest()
 
     def metric_names(self, config: Config, data: TaskData) -> list[str]:
         return config.eval.metrics or default_metrics(config.task, data.num_labels)
@@ -244,8 +254,8 @@ class ClassifierFamily(Family):
         self, model_dir: Path, config: Config, splits: list[str] | None, accelerator: Accelerator
     ) -> tuple[dict[str, Any], nn.Module, dict[str, DataLoader], Any, list[str]]:
         data = load_task_data(config.data, config.task)
-        model = load_classifier(str(model_dir), config.task, data.label_names)
-        tokenizer = load_tokenizer(str(model_dir))
+        model = load_trained_classifier(str(model_dir), config.task, data.label_names)
+        tokenizer = load_tokenizer(str(model_dir), model.config)
         names = self.metric_names(config, data)
         collate = Collator(tokenizer.pad_token_id, None, config.task == "regression")
         results: dict[str, Any] = {"model": str(model_dir)}

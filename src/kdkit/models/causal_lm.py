@@ -30,8 +30,8 @@ from kdkit.errors import KdkitError
 from kdkit.losses.topk import TopKTeacher
 from kdkit.models.load import (
     PER_LAYER_CONFIG_KEYS,
-    _hub_error,
     even_layers,
+    load_error,
     load_model_config,
     resolve_model_name,
     select_layers,
@@ -127,15 +127,17 @@ def load_causal_lm(
     resolved = resolve_model_name(name)
     try:
         return AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
-    except OSError as err:
-        raise _hub_error(name, err) from None
     except ValueError as err:
         if "Unrecognized configuration class" not in str(err):  # e.g. T5/encoder configs have no causal LM
-            raise
+            raise load_error(name, err) from None
         raise KdkitError(
             f"model '{name}' is not a causal LM ({str(err).splitlines()[0][:160]}); "
             "use a GPT/Llama-like model for task causal_lm"
         ) from None
+    except Exception as err:  # OSError (missing/garbage files, hub), safetensors' errors (truncated weights)
+        if not isinstance(err, OSError) and type(err).__name__ != "SafetensorError":
+            raise
+        raise load_error(name, err) from None
 
 
 def build_lm_student(cfg: ModelConfig, teacher_name: str) -> tuple[PreTrainedModel, list[int] | None]:

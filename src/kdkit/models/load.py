@@ -61,19 +61,69 @@ def _hub_error(name: str, err: Exception) -> KdkitError:
     )
 
 
-def _from_pretrained(loader: Any, name: str, marker: str = "config.json") -> Any:
+def load_error(name: str, err: Exception) -> KdkitError:
+    """One line for a model that failed to load: a local dir's damaged file named, else the hub's reason."""
+    path = Path(resolve_model_name(name)) if Path(name).expanduser().exists() or is_asset(name) else None
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    if path is None:
+        return _hub_error(name, err)
+    if type(err).__name__ == "SafetensorError":  # a truncated or corrupt weights file
+        fix = f"delete '{path}' to convert the asset again" if is_asset(name) else "restore it or retrain"
+        return KdkitError(f"the weights in model dir '{path}' are truncated or corrupt ({first}); {fix}")
+    return KdkitError(f"could not load the model in local dir '{path}': {first}")
+
+
+def _from_pretrained(loader: Any, name: str, marker: str = "config.json", **kwargs: Any) -> Any:
     try:
-        return loader.from_pretrained(resolve_model_name(name, marker))
-    except OSError as err:
-        raise _hub_error(name, err) from None
+        return loader.from_pretrained(resolve_model_name(name, marker), **kwargs)
+    except KdkitError:
+        raise
+    except (OSError, ValueError) as err:
+        raise load_error(name, err) from None
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise load_error(name, err) from None
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    return _from_pretrained(AutoTokenizer, name, "tokenizer_config.json")
+def load_tokenizer(name: str, model_config: PretrainedConfig | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``name``; with ``model_config``, refused when its vocabulary is implausibly small
+    for the model's embeddings (a model dir without its tokenizer files gets a few-token tokenizer from
+    transformers, which turns every word into [UNK])."""
+    tokenizer = _from_pretrained(AutoTokenizer, name, "tokenizer_config.json")
+    rows = getattr(model_config, "vocab_size", None) if model_config is not None else None
+    if isinstance(rows, int) and len(tokenizer) < rows // 2:
+        raise KdkitError(
+            f"the tokenizer of '{name}' has {len(tokenizer)} tokens but its model's embeddings have {rows} rows: "
+            "its tokenizer files (tokenizer.json, tokenizer_config.json, vocab) are missing or are not the "
+            "model's; save the model's own tokenizer beside it"
+        )
+    return tokenizer
 
 
 def load_model_config(name: str) -> PretrainedConfig:
     return _from_pretrained(AutoConfig, name)
+
+
+def load_trained_classifier(
+    path: str, task: str | None = None, label_names: list[str] | None = None
+) -> PreTrainedModel:
+    """A saved sequence classifier whose head was trained: transformers must find every weight in the
+    checkpoint (a base encoder, a causal LM or a packaged asset would get a new, random head)."""
+    kwargs = label_kwargs(task, label_names) if task else {}
+    if task:
+        check_label_space(path, load_model_config(path), task, label_names)
+    model, info = _from_pretrained(
+        AutoModelForSequenceClassification, path, output_loading_info=True, **kwargs
+    )
+    fresh = sorted(set(info.get("missing_keys", [])) | set(info.get("mismatched_keys", [])))
+    if fresh:
+        shown = ", ".join(str(k) for k in fresh[:3]) + (", ..." if len(fresh) > 3 else "")
+        raise KdkitError(
+            f"model '{path}' has no trained classification head (transformers would initialise {shown} "
+            "afresh): evaluate or serve a fine-tuned or distilled model (`kdkit finetune`, `kdkit distill`)"
+        )
+    return model
 
 
 def has_trained_head(config: PretrainedConfig) -> bool:
@@ -208,11 +258,8 @@ def load_classifier(
         return AutoModelForSequenceClassification.from_config(config)
     config = load_model_config(name)
     check_label_space(name, config, task, label_names)
-    try:
-        # A checkpoint with a trained head keeps it; a base encoder gets a fresh, seeded head.
-        return AutoModelForSequenceClassification.from_pretrained(resolved, **kwargs)
-    except OSError as err:
-        raise _hub_error(name, err) from None
+    # A checkpoint with a trained head keeps it; a base encoder gets a fresh, seeded head.
+    return _from_pretrained(AutoModelForSequenceClassification, resolved, **kwargs)
 
 
 def load_teacher_classifier(name: str, task: str, label_names: list[str] | None) -> PreTrainedModel:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from kdkit.errors import note
 from kdkit.io import atomic_write_json
 from kdkit.losses.relational import supcon_loss
 from kdkit.models.pooling import Pooling, pooled_embedding
@@ -115,7 +116,7 @@ def teacher_features(
         feats.append(chunk["features"])
         logits.append(chunk["logits"])
     if done:
-        accelerator.print(f"teacher embeddings: resuming after {done} of {spec['chunks']} saved chunks")
+        note(f"teacher embeddings: resuming after {done} of {spec['chunks']} saved chunks")
     pending: tuple[list[Tensor], list[Tensor]] = ([], [])
     show = accelerator.is_local_main_process
     bar = tqdm(total=n, initial=done * per_chunk, desc="teacher embeddings", disable=not show)

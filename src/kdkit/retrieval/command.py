@@ -6,6 +6,7 @@ teacher pass when rerun (``kdkit.retrieval.resolve``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from accelerate import Accelerator
 from kdkit.config import Config, load_config
 from kdkit.data import Collator, DistillDataset, encode, load_task_data
 from kdkit.errors import KdkitError
+from kdkit.lock import dir_lock, path_lock
 from kdkit.models import freeze, load_model_config, load_teacher_classifier, load_tokenizer
 from kdkit.retrieval.kb import KnowledgeBase
 from kdkit.retrieval.resolve import KB_DIR, build_and_save, kb_settings, provenance
@@ -34,7 +36,24 @@ def build_kb_for_config(
     config = load_config(config, overrides)
     if config.task != "classification":
         raise KdkitError(f"a knowledge base needs task: classification (ReAugKD), got '{config.task}'")
+    target = Path(output) if output else Path(config.output_dir) / KB_DIR
+    if target.exists() and not target.is_dir():  # before the teacher pass, not after it
+        raise KdkitError(
+            f"--output '{target}' is a file; a knowledge base is a directory: choose another path"
+        )
     accelerator = make_accelerator(config)
+    # the run dir's lock when the KB goes into it (a distill there must wait), else the KB dir's own
+    lock = dir_lock(target.parent, "output dir") if output is None else path_lock(target, "knowledge base")
+    with lock if accelerator.is_main_process else contextlib.nullcontext():
+        return _build(config, target, accelerator, resolve_teacher)
+
+
+def _build(
+    config: Config,
+    target: Path,
+    accelerator: Accelerator,
+    resolve_teacher: Callable[[Config, Accelerator], str],
+) -> tuple[Path, KnowledgeBase]:
     data = load_task_data(config.data, config.task)
     teacher_name = resolve_teacher(config, accelerator)
     teacher = freeze(load_teacher_classifier(teacher_name, config.task, data.label_names))
@@ -45,7 +64,6 @@ def build_kb_for_config(
     enc = encode(train, tokenizer, config.teacher.max_length)
     train_set = DistillDataset(train, enc, enc)  # the teacher side is what the KB reads
     settings = kb_settings(config.method, dim, config.teacher.max_length)
-    target = Path(output) if output else Path(config.output_dir) / KB_DIR
     prov = provenance(teacher_name, train, settings)
     collate = Collator(tokenizer.pad_token_id)
     kb = build_and_save(

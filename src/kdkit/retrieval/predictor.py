@@ -18,12 +18,12 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from kdkit.config import read_yaml, resolve_method
 from kdkit.errors import KdkitError
 from kdkit.eval.metrics import compute_metrics
 from kdkit.losses.relational import retrieval_augmented
+from kdkit.models.load import load_tokenizer, load_trained_classifier
 from kdkit.models.pooling import Pooling, pooled_embedding
 from kdkit.retrieval.kb import KnowledgeBase
 from kdkit.retrieval.resolve import KB_DIR
@@ -169,8 +169,8 @@ class ReAugPredictor:
             settings.tau = tau
         if not 0.0 <= settings.beta <= 1.0:
             raise KdkitError(f"beta must be in [0, 1], got {settings.beta}")
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = load_trained_classifier(str(path))
+        tokenizer = load_tokenizer(str(path), model.config)
         max_length = saved_max_length(path)
         return cls(model, tokenizer, kb, settings, max_length, device)
 

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from kdkit.config import MethodConfig, resolve_method
-from kdkit.errors import KdkitError
+from kdkit.errors import KdkitError, note
 from kdkit.fingerprint import model_fingerprint, split_fingerprint
 from kdkit.io import remove_leftovers
 from kdkit.retrieval.build import KBSettings, build_kb
@@ -79,7 +79,7 @@ def resolve_kb(
         kb.check_matches(prov, source)
         if source.resolve() != target.resolve() and accelerator.is_main_process:
             kb.save(target)
-        accelerator.print(f"using the knowledge base {source} ({len(kb)} entries)")
+        note(f"using the knowledge base {source} ({len(kb)} entries)")
         accelerator.wait_for_everyone()
         return kb
     if given:
@@ -120,6 +120,6 @@ def build_and_save(
     kb = build_kb(teacher, loader, labels, accelerator, settings, prov, label_names, target / PARTIAL)
     if accelerator.is_main_process:
         kb.save(target)
-        print(f"knowledge base: {len(kb)} entries written to {target}")
+        note(f"knowledge base: {len(kb)} entries written to {target}")
     accelerator.wait_for_everyone()
     return kb

@@ -29,9 +29,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from kdkit.config import CacheConfig, Config
-from kdkit.errors import KdkitError
+from kdkit.errors import KdkitError, note
 from kdkit.fingerprint import ids_fingerprint, model_fingerprint, tokenizer_fingerprint
-from kdkit.io import atomic_write_json, file_digest
+from kdkit.io import atomic_write_json, check_free_space, file_digest
 from kdkit.methods.base import Batch
 from kdkit.models.causal_lm import LMOutputs
 from kdkit.teacher.cache import (
@@ -106,7 +106,7 @@ def build_cache(
         _reopen_if_damaged(root, meta, accelerator)
     accelerator.wait_for_everyone()
     if (root / META).is_file():
-        accelerator.print(f"teacher cache {root} is complete; delete it to rebuild")
+        note(f"teacher cache {root} is complete; delete it to rebuild")
         return TeacherCache.load(root).meta
     job = make_job()
     _check_resume(root, job.meta, accelerator)
@@ -129,7 +129,7 @@ def _reopen_if_damaged(root: Path, meta: dict[str, Any], accelerator: Accelerato
     ]
     if not damaged:
         return
-    accelerator.print(f"teacher cache {root}: {', '.join(damaged)} missing or corrupt; rebuilding")
+    note(f"teacher cache {root}: {', '.join(damaged)} missing or corrupt; rebuilding")
     atomic_write_json(root / BUILDING, {k: v for k, v in meta.items() if k not in ("version", "shards")})
     (root / META).unlink()
 
@@ -146,7 +146,7 @@ def _check_resume(root: Path, meta: dict[str, Any], accelerator: Accelerator) ->
                 f"{root} holds a partial teacher cache built with other settings ({', '.join(changed)}); "
                 "delete it or choose another cache.dir"
             )
-        accelerator.print(f"resuming the teacher cache in {root}")
+        note(f"resuming the teacher cache in {root}")
     elif accelerator.is_main_process:
         if root.exists() and any(p.name.startswith("shard-") for p in root.iterdir()):
             raise KdkitError(
@@ -170,7 +170,9 @@ def _run(job: CacheJob, root: Path, cache_cfg: CacheConfig, accelerator: Acceler
             with torch.no_grad(), accelerator.autocast():
                 rows.extend(job.outputs(batch))
             bar.update(len(ids[start : start + cache_cfg.batch_size]))
-        write_shard(root, i, job.pack(rows), {"process": str(accelerator.process_index)})
+        tensors = job.pack(rows)
+        check_free_space(root, sum(t.numel() * t.element_size() for t in tensors.values()), f"shard {i}")
+        write_shard(root, i, tensors, {"process": str(accelerator.process_index)})
     bar.close()
 
 

@@ -20,10 +20,11 @@ from torch import nn
 
 from kdkit.config import GenerationConfig
 from kdkit.data.lm import LMSplit, encode_prompts, with_responses
-from kdkit.errors import KdkitError
+from kdkit.errors import KdkitError, note
 from kdkit.eval.lm import generate_tokens
+from kdkit.layout import TEACHER_GENERATIONS
 
-GENERATIONS = "teacher_generations.jsonl"
+GENERATIONS = TEACHER_GENERATIONS
 _BLOCK_BATCHES = 8  # generate batches per block written to the partial file
 
 
@@ -89,7 +90,7 @@ def _generate_all(
     block = gen.batch_size * _BLOCK_BATCHES
     n = len(split.prompts)
     if done:
-        print(f"teacher generations: resuming at {len(done)} of {n}")
+        note(f"teacher generations: resuming at {len(done)} of {n}")
     for start in range(len(done), n, block):
         prompts = split.prompts[start : start + block]
         ids = encode_prompts(prompts, tokenizer, prompt_len, chat_template)

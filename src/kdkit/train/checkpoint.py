@@ -20,13 +20,13 @@ import torch
 from accelerate import Accelerator
 
 from kdkit.errors import KdkitError, warn
-from kdkit.io import atomic_write_json, file_digest, fsync_file
+from kdkit.io import atomic_write_json, check_free_space, file_digest, free_space_hint, fsync_file
 from kdkit.layout import checkpoint_dir, checkpoint_step, step_dirs
 
 STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.pt"
 MANIFEST = "files"  # key of trainer_state.json: {relative path: sha256} of the checkpoint's other files
-_TEMP_PREFIXES = (".tmp-step-", ".old-step-")
+_TEMP_PREFIXES = (".tmp-step-", ".old-step-", ".del-step-")
 
 
 @dataclass
@@ -51,12 +51,34 @@ def _manifest(path: Path) -> dict[str, str]:
 
 
 def remove_temp_checkpoints(output_dir: Path) -> None:
-    """Delete the temp dirs a killed save left (``.tmp-step-N``, ``.old-step-N``); main process only."""
+    """Clean up after a killed save or prune (main process only).
+
+    A kill between the two renames of a re-saved step leaves no ``step-N`` but its new (``.tmp-step-N``)
+    and old (``.old-step-N``) copies: the complete one is promoted to ``step-N`` (the new one first). Then
+    every temp dir goes: a save's unfinished ``.tmp-step-N``, a swap's ``.old-step-N`` and a prune's
+    ``.del-step-N``.
+    """
     root = checkpoint_dir(output_dir)
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith(_TEMP_PREFIXES):
-                shutil.rmtree(p, ignore_errors=True)
+    if not root.is_dir():
+        return
+    steps = {p.name.rsplit("-", 1)[-1] for p in root.iterdir() if p.name.startswith(_TEMP_PREFIXES[:2])}
+    for n in sorted(steps):
+        final = root / f"step-{n}"
+        for candidate in (root / f".tmp-step-{n}", root / f".old-step-{n}"):
+            if not final.exists() and candidate.is_dir() and checkpoint_problem(candidate) is None:
+                os.replace(candidate, final)
+    for p in root.iterdir():
+        if p.name.startswith(_TEMP_PREFIXES):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint dir so that a kill part-way never leaves a half of it under its own name: renamed
+    to ``.del-step-N`` first (one atomic step), then removed."""
+    doomed = path.parent / f".del-{path.name}"
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -73,8 +95,17 @@ def save_checkpoint(
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        check_free_space(root, _expected_size(output_dir, accelerator), f"checkpoint step-{state.step}")
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    except (OSError, RuntimeError) as err:  # a full disk shows as either (torch: "enforce fail at ...")
+        shutil.rmtree(tmp, ignore_errors=True)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise KdkitError(
+            f"writing checkpoint step-{state.step} in '{root}' failed ({first}); {free_space_hint(root)}; "
+            "the checkpoints before it are intact: free space, then continue with --resume"
+        ) from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
@@ -90,11 +121,20 @@ def save_checkpoint(
             os.replace(tmp, final)
         for path in step_dirs(output_dir):
             if checkpoint_step(path) > state.step:
-                shutil.rmtree(path, ignore_errors=True)
+                _discard(path)
         for old_checkpoint in step_dirs(output_dir)[:-keep]:
-            shutil.rmtree(old_checkpoint, ignore_errors=True)
+            _discard(old_checkpoint)
     accelerator.wait_for_everyone()
     return final
+
+
+def _expected_size(output_dir: Path, accelerator: Accelerator) -> int:
+    """Bytes the next checkpoint takes: the newest one's size, else the weights and two AdamW moments."""
+    found = list_checkpoints(output_dir)
+    if found:
+        return sum(p.stat().st_size for p in found[-1].rglob("*") if p.is_file())
+    params = [p for model in getattr(accelerator, "_models", []) for p in model.parameters()]
+    return 3 * sum(p.numel() * p.element_size() for p in params)
 
 
 def _read_state(path: Path) -> TrainerState:

@@ -36,9 +36,20 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from kdkit.config import TrainConfig
-from kdkit.errors import KdkitError
+from kdkit.errors import KdkitError, note
 from kdkit.eval.metrics import greater_is_better
 from kdkit.io import atomic_dir, remove_leftovers
+from kdkit.layout import (
+    BEST,
+    CARD,
+    CONFIG,
+    FINAL_STAGING,
+    GENERATIONS_DIR,
+    LOGS,
+    MARKER,
+    METRICS,
+    TRAINER_STATE,
+)
 from kdkit.methods.base import Batch, LossOutput, Method
 from kdkit.teacher.source import TeacherSource
 from kdkit.train.checkpoint import (
@@ -175,11 +186,10 @@ def _remove_leftovers(out: Path) -> None:
     """Delete what a killed run was writing when it died (temp checkpoint, best/ or final files, a log
     rewrite, generations): never a complete file, which these writes only create by renaming."""
     remove_temp_checkpoints(out)
-    names = ["best", ".final", "metrics.json", "trainer_state.json", "config.yaml", "README.md"]
-    remove_leftovers(out, names)
-    shutil.rmtree(out / ".final", ignore_errors=True)  # kdkit.train.run.save_final's staging dir
-    remove_leftovers(out / "logs", ["train.jsonl"])
-    for tmp in (out / "generations").glob(".*.jsonl.*"):
+    remove_leftovers(out, [BEST, FINAL_STAGING, METRICS, TRAINER_STATE, CONFIG, CARD, MARKER])
+    shutil.rmtree(out / FINAL_STAGING, ignore_errors=True)  # kdkit.train.output.save_final's staging dir
+    remove_leftovers(out / LOGS, ["train.jsonl"])
+    for tmp in (out / GENERATIONS_DIR).glob(".*.jsonl.*"):
         tmp.unlink(missing_ok=True)
 
 
@@ -233,9 +243,9 @@ def train_loop(
     checkpoint = find_resumable(out) if resume else None
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, scheduler)
-        accelerator.print(f"resuming from {checkpoint} (step {state.step} of {total})")
+        note(f"resuming from {checkpoint} (step {state.step} of {total})")
     elif resume:
-        accelerator.print(f"--resume: no checkpoint in {out}, starting from step 0")
+        note(f"--resume: no checkpoint in {out}, starting from step 0")
     if state.step >= total:
         student = whole_student(accelerator, trainee, inputs.student)
         accelerator.free_memory()
@@ -282,7 +292,7 @@ def train_loop(
             t0 = time.perf_counter()
             save_checkpoint(accelerator, out, state, scheduler, cfg.keep_checkpoints)
         if stopped:
-            accelerator.print(f"stopping after {state.step} steps as asked; continue with --resume")
+            note(f"stopping after {state.step} steps as asked; continue with --resume")
             break
     bar.close()
     logger.close()

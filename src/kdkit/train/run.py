@@ -10,6 +10,7 @@ with the family's task loss and no teacher. The output dir is described in ``kdk
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,9 +21,11 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from kdkit.config import Config, load_config
-from kdkit.errors import KdkitError
+from kdkit.errors import KdkitError, note
 from kdkit.family import Family, Job, Teacher, family_for
+from kdkit.fingerprint import model_fingerprint
 from kdkit.layout import BEST, CHECKPOINTS, METRICS
+from kdkit.lock import dir_lock
 from kdkit.methods.base import DataEnv, EvalEnv, PrepareEnv
 from kdkit.models import count_parameters, save_model
 from kdkit.runtime import make_accelerator
@@ -30,7 +33,13 @@ from kdkit.teacher.finetuned import teacher_cache_dir
 from kdkit.teacher.source import CachedTeacher, LiveTeacher, TeacherSource
 from kdkit.train.checkpoint import TrainerState
 from kdkit.train.loop import LoopInputs, train_loop
-from kdkit.train.output import finished_metrics, finished_run_note, prepare_output_dir, save_final
+from kdkit.train.output import (
+    finished_metrics,
+    prepare_output_dir,
+    refuse_foreign_dir,
+    refuse_shared_dirs,
+    save_final,
+)
 
 
 @dataclass
@@ -49,21 +58,54 @@ def run(
     overwrite: bool = False,
     stop_after: int | None = None,
     accelerator: Accelerator | None = None,
+    wait: bool = False,
+    check_config: bool = True,
 ) -> RunResult:
-    """Fine-tune (``kind="finetune"``: the ``which`` model, task loss only) or distill a student."""
+    """Fine-tune (``kind="finetune"``: the ``which`` model, task loss only) or distill a student.
+
+    The output dir is locked for the life of the run (``kdkit.lock``): another process stops with one line,
+    or with ``wait`` waits for it. ``check_config=False`` resumes a dir whose name already says what it
+    holds (a fine-tuned teacher's) whatever else its config says.
+    """
     config = load_config(config, overrides)
+    if stop_after is not None and stop_after < 1:
+        raise KdkitError(f"--stop-after must be >= 1 (steps to run before stopping), got {stop_after}")
+    refuse_shared_dirs(Path(config.output_dir))
     accelerator = accelerator or make_accelerator(config)
     family = family_for(config.task)
     job = family.job(config, kind, which)
     family.check(config, job)  # the method and the settings, before anything is loaded
     data = family.load_data(config, job)  # metric names are checked here too: before any training
-    base = _base_model(config, job, accelerator)  # the teacher (fine-tuned first when asked), or None
-    out = prepare_output_dir(config, resume, overwrite, accelerator.is_main_process, job.method.run_files)
-    accelerator.wait_for_everyone()
-    if resume and (done := finished_metrics(out)) is not None:
-        finished_run_note(out, accelerator)
-        return RunResult(out, done)
+    base = _base_model(
+        config, job, accelerator, overwrite
+    )  # the teacher (fine-tuned first if asked), or None
+    if accelerator.is_main_process:
+        refuse_foreign_dir(Path(config.output_dir), job.method.run_files)  # before its lock file is made
+    lock = dir_lock(Path(config.output_dir), "output dir", wait=wait) if accelerator.is_main_process else None
+    with lock or contextlib.nullcontext():
+        inputs = _inputs(config, family, data, base)
+        out = prepare_output_dir(
+            config, resume, overwrite, accelerator.is_main_process, job.method.run_files, inputs, check_config
+        )
+        accelerator.wait_for_everyone()
+        if resume and (done := finished_metrics(out)) is not None:
+            note(f"{out} holds a finished run (metrics.json); nothing to resume")
+            return RunResult(out, done)
+        return _train(config, accelerator, family, job, data, base, out, resume, stop_after)
 
+
+def _train(
+    config: Config,
+    accelerator: Accelerator,
+    family: Family,
+    job: Job,
+    data: Any,
+    base: str | None,
+    out: Path,
+    resume: bool,
+    stop_after: int | None,
+) -> RunResult:
+    """The run in its claimed output dir: models, the method, the loop, the final metrics and files."""
     set_seed(job.train.seed)  # a base model's new head is initialised now: seeded
     student = family.build_student(job.model, base, data)
     teacher = (
@@ -122,7 +164,7 @@ def run(
     return RunResult(out, metrics)
 
 
-def _base_model(config: Config, job: Job, accelerator: Accelerator) -> str | None:
+def _base_model(config: Config, job: Job, accelerator: Accelerator, overwrite: bool) -> str | None:
     """What the trained model starts from: the teacher (the student is cut from it; fine-tuned first when
     ``teacher.finetune`` asks), the configured teacher for `finetune --which teacher`, or None when the
     student names its own model and no teacher takes part."""
@@ -132,7 +174,16 @@ def _base_model(config: Config, job: Job, accelerator: Accelerator) -> str | Non
         if job.model.model:
             return None
         raise KdkitError("teacher.model is not set; name a hub id, a local dir or an asset (`kdkit ls`)")
-    return resolve_teacher(config, accelerator)
+    return resolve_teacher(config, accelerator, overwrite=overwrite)
+
+
+def _inputs(config: Config, family: Family, data: Any, base: str | None) -> dict[str, Any]:
+    """What the run trains on, fingerprinted (recorded when it starts, checked by --resume)."""
+    source = config.data.dataset or config.data.train
+    inputs = {"data": {"what": f"the data ({source})", "fingerprint": family.fingerprint(data)}}
+    if base is not None:
+        inputs["teacher"] = {"what": f"the teacher '{base}'", "fingerprint": model_fingerprint(base)}
+    return inputs
 
 
 def _teacher_source(
@@ -154,11 +205,14 @@ def _teacher_source(
     return LiveTeacher(teacher.model, method, accelerator)
 
 
-def resolve_teacher(config: Config, accelerator: Accelerator) -> str:
+def resolve_teacher(config: Config, accelerator: Accelerator, *, overwrite: bool = False) -> str:
     """Name or path of the teacher to load; fine-tunes (or reuses) a cached one when teacher.finetune is set.
 
-    The fine-tuned teacher is kept under ``$KDKIT_HOME/teachers/<key>`` (``kdkit.teacher.finetuned``); an
-    interrupted fine-tuning resumes from its last checkpoint.
+    The fine-tuned teacher is kept under ``$KDKIT_HOME/teachers/<key>`` (``kdkit.teacher.finetuned``), the
+    key a hash of what it depends on (model, data, fine-tune settings), so any config that wants the same
+    teacher shares it, whatever its other settings. An interrupted fine-tuning resumes from its last
+    checkpoint (``overwrite``: starts over); two processes that want the same new teacher take turns (the
+    second waits for the first's lock, then finds it finished).
     """
     if not config.teacher.model:
         raise KdkitError("teacher.model is not set; name a hub id, a local dir or an asset (`kdkit ls`)")
@@ -166,9 +220,9 @@ def resolve_teacher(config: Config, accelerator: Accelerator) -> str:
         return config.teacher.model
     out = teacher_cache_dir(config)
     if (out / METRICS).is_file():
-        accelerator.print(f"using the cached fine-tuned teacher {out}")
+        note(f"using the cached fine-tuned teacher {out}")
         return str(out)
-    accelerator.print(f"fine-tuning the teacher '{config.teacher.model}' first (cached in {out})")
+    note(f"fine-tuning the teacher '{config.teacher.model}' first (cached in {out})")
     teacher_run = replace(
         config,
         output_dir=str(out),
@@ -176,7 +230,10 @@ def resolve_teacher(config: Config, accelerator: Accelerator) -> str:
         train=config.teacher.finetune,
         eval=replace(config.eval, agreement=False),
     )
-    run(teacher_run, kind="finetune", which="teacher", resume=True, accelerator=accelerator)
+    run(
+        teacher_run, kind="finetune", which="teacher", resume=not overwrite, overwrite=overwrite,
+        accelerator=accelerator, wait=True, check_config=False,
+    )  # fmt: skip
     if accelerator.is_main_process:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # optimizer state is not needed any more
     accelerator.wait_for_everyone()
