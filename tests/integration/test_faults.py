@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -481,6 +482,13 @@ def test_predict_inputs_named_exactly(cfg: str, tmp_path: Path, capsys: pytest.C
     assert f"--input {header_only} has no rows" in fails(
         capsys, "predict", "--model", run, "--input", str(header_only)
     )
+    for value, what in (
+        (None, "row 2 has no text in column 'text'"),
+        (["a"], "row 2, column 'text' holds a list"),
+    ):
+        rows = tmp_path / "texts.jsonl"
+        rows.write_text(json.dumps({"text": "a good film"}) + "\n" + json.dumps({"text": value}) + "\n")
+        assert what in fails(capsys, "predict", "--model", run, "--input", str(rows))
     odd = tmp_path / "texts.odd"
     odd.write_text("text\nhello\n")
     line = fails(capsys, "predict", "--model", run, "--input", str(odd))
@@ -541,3 +549,55 @@ def test_nothing_else_in_a_run_dir(cfg: str, tmp_path: Path) -> None:
     marker = json.loads((tmp_path / "run" / ".kdkit-run.json").read_text())
     assert "model.safetensors" in marker["files"] and set(marker["inputs"]) == {"data", "teacher"}
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["max_steps"] == 4
+
+
+def _hold(lock: Any, seconds: float) -> threading.Thread:
+    """Hold ``lock`` (a kdkit.lock context) in another thread for ``seconds``; returns once it is held."""
+    held = threading.Event()
+
+    def run() -> None:
+        with lock:
+            held.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert held.wait(10)
+    return thread
+
+
+def test_two_runs_that_need_the_same_new_teacher_take_turns(
+    tiny_teacher: Path, tiny_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kdkit.config import load_config
+    from kdkit.teacher.finetuned import teacher_cache_dir
+
+    config = tiny_config(tiny_teacher, tiny_csv, tmp_path / "run")
+    config["teacher"]["finetune"] = {"max_steps": 2, "batch_size": 8}
+    config["train"].update(max_steps=2, eval_every=None, save_every=None)
+    teacher_dir = teacher_cache_dir(load_config(config))
+    other = _hold(dir_lock(teacher_dir, "output dir"), 1.5)  # another run fine-tuning that teacher
+    started = time.monotonic()
+    assert main(["distill", "--config", write(tmp_path / "c.yaml", config)]) == 0
+    other.join()
+    assert time.monotonic() - started >= 1.0 and (teacher_dir / "metrics.json").is_file()
+    assert f"waiting for kdkit process {os.getpid()}" in capsys.readouterr().err
+
+
+def test_an_asset_converted_by_another_process_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kdkit.assets as assets
+
+    asset = assets.ASSETS["smollm2-135m"]
+    out = Path(os.environ["KDKIT_HOME"]) / "assets" / str(asset.converted)
+    converted: list[Path] = []
+    monkeypatch.setattr(
+        assets,
+        "convert_gguf",
+        lambda gguf, tmp: converted.append(tmp) or (tmp / "config.json").write_text("{}"),
+    )
+    other = _hold(path_lock(out, "the converted asset"), 1.0)
+    assert assets.converted_model_dir(asset) == out
+    other.join()
+    assert len(converted) == 1 and (out / "config.json").is_file()

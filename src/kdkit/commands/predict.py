@@ -9,6 +9,7 @@ from typing import Any
 from kdkit.commands.runs import run_method
 from kdkit.config import read_yaml
 from kdkit.data.tables import read_table
+from kdkit.data.task_data import text_values
 from kdkit.errors import KdkitError
 from kdkit.eval.predict import ClassifierPredictor
 from kdkit.layout import CONFIG
@@ -41,8 +42,20 @@ def read_inputs(
             raise KdkitError(
                 f"--input {file}: no column '{col}'; columns: {', '.join(map(str, frame.columns))}"
             )
-    pairs = frame[pair_column].astype(str).tolist() if pair_column else None
-    return frame[text_column].astype(str).tolist(), pairs
+    texts = _column_texts(frame[text_column], file, text_column)
+    pairs = _column_texts(frame[pair_column], file, pair_column) if pair_column else None
+    return texts, pairs
+
+
+def _column_texts(values: Any, file: Path, column: str) -> list[str]:
+    """One prediction per row: every row needs a text (a null or a blank one, or a list, is refused)."""
+    texts = text_values(values, f"--input {file}", f"'{column}'")
+    blank = [i for i, t in enumerate(texts, start=1) if not t.strip()]
+    if blank:
+        raise KdkitError(
+            f"--input {file}: row {blank[0]} has no text in column '{column}' ({len(blank)} such rows)"
+        )
+    return texts
 
 
 def saved_max_length(run_dir: Path) -> int:
