@@ -65,7 +65,14 @@ def regression_targets(values: pd.Series, source: str) -> np.ndarray:
             f"{source}: label {value!r} (data row {bad[0] + 1}) is not a number; "
             f"regression needs real-valued targets (for classes set task: classification)"
         )
-    return np.asarray(numbers, dtype=np.float32)
+    targets = np.asarray(numbers, dtype=np.float64)
+    huge = np.flatnonzero(np.abs(targets) > np.finfo(np.float32).max)
+    if len(huge):  # would become inf as a float32 target
+        raise KdkitError(
+            f"{source}: label {values.iloc[huge[0]]!r} (data row {huge[0] + 1}) is beyond the float32 range; "
+            "rescale the regression targets"
+        )
+    return targets.astype(np.float32)
 
 
 def _class_id(value: Any, names: list[str], by_name: bool, source: str, known: str) -> int:

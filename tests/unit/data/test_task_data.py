@@ -313,3 +313,10 @@ def test_hf_class_label_names_and_withheld_test_labels(
     assert data.label_names == ["no", "yes"]
     assert (len(data.train), len(data.split("validation"))) == (3, 1)
     assert data.test is None and data.stats["test"]["skipped"] == "labels withheld (all -1)"
+
+
+def test_regression_targets_beyond_float32_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\na,1.5\nb,1e39\nc,2\n")
+    with pytest.raises(KdkitError, match=r"label '1e39' \(data row 2\) is beyond the float32 range"):
+        load_task_data(DataConfig(train=str(path), split=SplitConfig(validation=0)), "regression")
