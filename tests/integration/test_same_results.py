@@ -3,6 +3,8 @@ ends with the same weights and metrics as it did before kdkit's run pipeline was
 
 The reference values below were recorded with ``python -m tests.method_runs`` on the code as it stood before
 the redesign (commit fbb47f1). A change that is *meant* to alter training must re-record them and say why.
+Since then only keys were added (``bits_per_byte``, ``bits_per_char`` of the causal-LM runs); every value
+recorded on fbb47f1 is unchanged.
 Runs are compared up to float rounding (relative 1e-4): a different order of random draws, a missing loss
 term or a different data order moves these numbers by far more.
 """
@@ -26,10 +28,22 @@ REFERENCE: dict[str, Any] = {
             "method": "atkd",
             "parameters": 20640,
             "steps": 10,
-            "teacher": {"validation": {"perplexity": 42.351445, "rouge_l": 0.0}},
+            "teacher": {
+                "validation": {
+                    "bits_per_byte": 1.6628736,
+                    "bits_per_char": 1.6628736,
+                    "perplexity": 42.351445,
+                    "rouge_l": 0.0,
+                }
+            },
             "teacher_parameters": 39200,
             "truncated": {"train": 0},
-            "validation": {"perplexity": 11.001862, "rouge_l": 50.669643},
+            "validation": {
+                "bits_per_byte": 1.0645156,
+                "bits_per_char": 1.0645156,
+                "perplexity": 11.001862,
+                "rouge_l": 50.669643,
+            },
         },
         "weights": [20.0, 167.2540915065547, 184.11075227092167, 3.51331337286139],
     },
@@ -41,7 +55,12 @@ REFERENCE: dict[str, Any] = {
             "parameters": 20640,
             "steps": 10,
             "truncated": {"train": 0},
-            "validation": {"perplexity": 10.037471, "rouge_l": 49.375},
+            "validation": {
+                "bits_per_byte": 1.023792,
+                "bits_per_char": 1.023792,
+                "perplexity": 10.037471,
+                "rouge_l": 49.375,
+            },
             "which": "student",
         },
         "weights": [20.0, 167.502596021194, 184.39890177837736, 3.400185596078949],
@@ -66,10 +85,22 @@ REFERENCE: dict[str, Any] = {
             "method": "forward_kl",
             "parameters": 20640,
             "steps": 10,
-            "teacher": {"validation": {"perplexity": 42.351445, "rouge_l": 0.0}},
+            "teacher": {
+                "validation": {
+                    "bits_per_byte": 1.6628736,
+                    "bits_per_char": 1.6628736,
+                    "perplexity": 42.351445,
+                    "rouge_l": 0.0,
+                }
+            },
             "teacher_parameters": 39200,
             "truncated": {"train": 0},
-            "validation": {"perplexity": 38.070611, "rouge_l": 0.0},
+            "validation": {
+                "bits_per_byte": 1.615571,
+                "bits_per_char": 1.615571,
+                "perplexity": 38.070611,
+                "rouge_l": 0.0,
+            },
         },
         "weights": [20.0, 159.4622183908832, 170.5573481012945, -1.1873075509903663],
     },
@@ -80,10 +111,22 @@ REFERENCE: dict[str, Any] = {
             "method": "jsd",
             "parameters": 20640,
             "steps": 10,
-            "teacher": {"validation": {"perplexity": 42.351445, "rouge_l": 0.0}},
+            "teacher": {
+                "validation": {
+                    "bits_per_byte": 1.6628736,
+                    "bits_per_char": 1.6628736,
+                    "perplexity": 42.351445,
+                    "rouge_l": 0.0,
+                }
+            },
             "teacher_parameters": 39200,
             "truncated": {"train": 0},
-            "validation": {"perplexity": 37.949705, "rouge_l": 0.0},
+            "validation": {
+                "bits_per_byte": 1.614159,
+                "bits_per_char": 1.614159,
+                "perplexity": 37.949705,
+                "rouge_l": 0.0,
+            },
         },
         "weights": [20.0, 159.46703705225445, 170.49551258203965, -1.0486858352957664],
     },
@@ -160,10 +203,22 @@ REFERENCE: dict[str, Any] = {
             "method": "reverse_kl",
             "parameters": 20640,
             "steps": 10,
-            "teacher": {"validation": {"perplexity": 42.351445, "rouge_l": 0.0}},
+            "teacher": {
+                "validation": {
+                    "bits_per_byte": 1.6628736,
+                    "bits_per_char": 1.6628736,
+                    "perplexity": 42.351445,
+                    "rouge_l": 0.0,
+                }
+            },
             "teacher_parameters": 39200,
             "truncated": {"train": 0},
-            "validation": {"perplexity": 42.083135, "rouge_l": 0.0},
+            "validation": {
+                "bits_per_byte": 1.6600524,
+                "bits_per_char": 1.6600524,
+                "perplexity": 42.083135,
+                "rouge_l": 0.0,
+            },
         },
         "weights": [20.0, 156.2607471933079, 169.77274941282442, 1.4016189303687105],
     },
@@ -199,10 +254,22 @@ REFERENCE: dict[str, Any] = {
             "method": "reverse_kl",
             "parameters": 20640,
             "steps": 10,
-            "teacher": {"validation": {"perplexity": 42.351445, "rouge_l": 0.0}},
+            "teacher": {
+                "validation": {
+                    "bits_per_byte": 1.6628736,
+                    "bits_per_char": 1.6628736,
+                    "perplexity": 42.351445,
+                    "rouge_l": 0.0,
+                }
+            },
             "teacher_parameters": 39200,
             "truncated": {"train": 0},
-            "validation": {"perplexity": 37.891281, "rouge_l": 0.0},
+            "validation": {
+                "bits_per_byte": 1.6134751,
+                "bits_per_char": 1.6134751,
+                "perplexity": 37.891281,
+                "rouge_l": 0.0,
+            },
         },
         "weights": [20.0, 159.46765822854286, 170.55924055517738, -1.1126286464802764],
     },
@@ -213,10 +280,22 @@ REFERENCE: dict[str, Any] = {
             "method": "forward_kl",
             "parameters": 20640,
             "steps": 10,
-            "teacher": {"validation": {"perplexity": 42.351445, "rouge_l": 0.0}},
+            "teacher": {
+                "validation": {
+                    "bits_per_byte": 1.6628736,
+                    "bits_per_char": 1.6628736,
+                    "perplexity": 42.351445,
+                    "rouge_l": 0.0,
+                }
+            },
             "teacher_parameters": 39200,
             "truncated": {"train": 0},
-            "validation": {"perplexity": 41.830653, "rouge_l": 0.0},
+            "validation": {
+                "bits_per_byte": 1.6573811,
+                "bits_per_char": 1.6573811,
+                "perplexity": 41.830653,
+                "rouge_l": 0.0,
+            },
         },
         "weights": [20.0, 157.31913721251112, 171.0468451522587, 1.3417957188102285],
     },
@@ -227,10 +306,22 @@ REFERENCE: dict[str, Any] = {
             "method": "skew_kl",
             "parameters": 20640,
             "steps": 10,
-            "teacher": {"validation": {"perplexity": 42.351445, "rouge_l": 0.0}},
+            "teacher": {
+                "validation": {
+                    "bits_per_byte": 1.6628736,
+                    "bits_per_char": 1.6628736,
+                    "perplexity": 42.351445,
+                    "rouge_l": 0.0,
+                }
+            },
             "teacher_parameters": 39200,
             "truncated": {"train": 0},
-            "validation": {"perplexity": 38.00714, "rouge_l": 0.0},
+            "validation": {
+                "bits_per_byte": 1.6148303,
+                "bits_per_char": 1.6148303,
+                "perplexity": 38.00714,
+                "rouge_l": 0.0,
+            },
         },
         "weights": [20.0, 159.4369227121606, 170.5513327946284, -1.1362726046797849],
     },
@@ -241,10 +332,22 @@ REFERENCE: dict[str, Any] = {
             "method": "tvd",
             "parameters": 20640,
             "steps": 10,
-            "teacher": {"validation": {"perplexity": 42.351445, "rouge_l": 0.0}},
+            "teacher": {
+                "validation": {
+                    "bits_per_byte": 1.6628736,
+                    "bits_per_char": 1.6628736,
+                    "perplexity": 42.351445,
+                    "rouge_l": 0.0,
+                }
+            },
             "teacher_parameters": 39200,
             "truncated": {"train": 0},
-            "validation": {"perplexity": 35.287199, "rouge_l": 0.0},
+            "validation": {
+                "bits_per_byte": 1.5818686,
+                "bits_per_char": 1.5818686,
+                "perplexity": 35.287199,
+                "rouge_l": 0.0,
+            },
         },
         "weights": [20.0, 163.7025399551385, 172.71337708971268, -0.5420816969303364],
     },

@@ -12,7 +12,7 @@ so a batch's ``"teacher"`` entry is the ``"student"`` dict itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,6 +33,9 @@ class LMEncoded:
     labels: list[list[int]]  # N lists of L_i: -100 on the prompt, the token id on the response and EOS
     num_truncated: int  # examples longer than max_length (they were cut, see ``encode_lm``)
     prompt_lengths: list[int]  # N: tokens of each (kept) prompt; labels[i][:n] are -100; 0 for plain text
+    # N: (UTF-8 bytes, characters) of the text the labels score: the response (a cut one: its kept tokens,
+    # decoded); tokenizer-free units for bits per byte / per character (``kdkit.eval.lm.perplexity``)
+    text_sizes: list[tuple[int, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -86,25 +89,36 @@ def encode_lm(split: LMSplit, tokenizer: Any, max_length: int, chat_template: bo
     prefix, bos = _added_tokens(tokenizer)[0], getattr(tokenizer, "bos_token_id", None)
     out = LMEncoded([], [], 0, [])
     for start in range(0, len(split), _CHUNK):
+        texts_here = split.responses[start : start + _CHUNK]
         if split.plain:
-            for ids in prompt_token_ids(split.responses[start : start + _CHUNK], tokenizer):
+            for text, ids in zip(texts_here, prompt_token_ids(texts_here, tokenizer), strict=True):
                 ids = [*ids, eos]
-                out.num_truncated += len(ids) > max_length
+                cut = len(ids) > max_length
+                out.num_truncated += cut
                 out.input_ids.append(ids[:max_length])
                 out.labels.append(ids[:max_length])
                 out.prompt_lengths.append(0)
+                out.text_sizes.append(_text_size(tokenizer, ids[:max_length] if cut else None, text))
             continue
         texts = [format_prompt(p, tokenizer, chat_template) for p in split.prompts[start : start + _CHUNK]]
         prompts = prompt_token_ids(texts, tokenizer)
-        responses = _tokenize(tokenizer, split.responses[start : start + _CHUNK], special=False)
-        for prompt, response in zip(prompts, responses, strict=True):
+        responses = _tokenize(tokenizer, texts_here, special=False)
+        for text, prompt, response in zip(texts_here, prompts, responses, strict=True):
             head = _head(prompt, prefix, bos)
             prompt, response, cut = fit_lengths(prompt, [*response, eos], max_length, head)
             out.num_truncated += cut
             out.input_ids.append(prompt + response)
             out.labels.append([IGNORE] * len(prompt) + response)
             out.prompt_lengths.append(len(prompt))
+            out.text_sizes.append(_text_size(tokenizer, response if cut else None, text))
     return out
+
+
+def _text_size(tokenizer: Any, kept: list[int] | None, text: str) -> tuple[int, int]:
+    """(UTF-8 bytes, characters) of ``text``, or of the ``kept`` tokens decoded when it was cut."""
+    if kept is not None:
+        text = tokenizer.decode(kept, skip_special_tokens=True)
+    return len(text.encode("utf-8")), len(text)
 
 
 def encode_prompts(
@@ -247,12 +261,15 @@ class LMDataset(Dataset):
         return len(self.encoded)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {
+        item = {
             "idx": i,
             "input_ids": self.encoded.input_ids[i],
             "labels": self.encoded.labels[i],
             "prompt_ids": self.encoded.prompt_ids(i),
         }
+        if self.encoded.text_sizes:
+            item["text_size"] = self.encoded.text_sizes[i]
+        return item
 
 
 class LMCollator:
@@ -292,6 +309,8 @@ class LMCollator:
         }
         if all("idx" in item for item in items):
             batch["idx"] = torch.tensor([item["idx"] for item in items], dtype=torch.long)
+        if all("text_size" in item for item in items):  # (B, 2): bytes and characters of the scored text
+            batch["text_size"] = torch.tensor([item["text_size"] for item in items], dtype=torch.long)
         return batch
 
 

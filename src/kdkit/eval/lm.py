@@ -7,6 +7,7 @@ given, so call them on the main process only (or give each process its own promp
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -160,26 +161,43 @@ def perplexity(
     tokenizer). Per-sequence sums are gathered over processes with ``gather_for_metrics``, so the samples
     that a prepared loader repeats to even out the last batch are not counted twice.
 
+    When the batches carry ``text_size`` ((B, 2): UTF-8 bytes and characters of the text each sequence's
+    labels score, ``kdkit.data.lm_encode``), the same NLL is also given per byte and per character, in bits:
+    a tokenizer-free measure that compares models with different tokenizers (the EOS token's NLL counts, its
+    text is empty; a response cut by max_length counts its kept tokens' decoded text).
+
     Returns:
-        {"perplexity": exp(nll), "nll": mean NLL per scored token (nats), "tokens": number of scored tokens}
+        {"perplexity": exp(nll), "nll": mean NLL per scored token (nats), "tokens": number of scored tokens,
+        and with text sizes "bits_per_byte", "bits_per_char"}
     """
     was_training = model.training
     model.eval()
     nll_sum, count = 0.0, 0.0
+    sizes = torch.zeros(2, dtype=torch.float64)  # bytes, characters
+    sized = True
     bar = tqdm(loader, desc=desc, leave=False, disable=desc is None or not accelerator.is_local_main_process)
     for batch in bar:
         inputs = _model_inputs(batch, side)
         with accelerator.autocast():
             logits = model(**inputs).logits
         seq_nll, seq_count = _sequence_nll(logits, batch["labels"], vocab_size)  # (B,), (B,)
-        seq_nll, seq_count = accelerator.gather_for_metrics((seq_nll, seq_count))
+        text_size = batch.get("text_size")
+        sized = sized and text_size is not None
+        if text_size is None:
+            text_size = torch.zeros(len(seq_nll), 2, dtype=torch.long, device=seq_nll.device)
+        seq_nll, seq_count, text_size = accelerator.gather_for_metrics((seq_nll, seq_count, text_size))
         nll_sum += float(seq_nll.double().sum())
         count += float(seq_count.double().sum())
+        sizes += text_size.double().sum(0).cpu()
     model.train(was_training)
     if count == 0:
         raise KdkitError("perplexity: no labelled tokens (all labels are -100); check the data's responses")
     nll = nll_sum / count
-    return {"perplexity": float(torch.tensor(nll, dtype=torch.float64).exp()), "nll": nll, "tokens": count}
+    out = {"perplexity": float(torch.tensor(nll, dtype=torch.float64).exp()), "nll": nll, "tokens": count}
+    if sized and sizes[0] > 0:
+        bits = nll_sum / math.log(2)
+        out.update(bits_per_byte=bits / float(sizes[0]), bits_per_char=bits / float(sizes[1]))
+    return out
 
 
 def _model_inputs(batch: dict[str, Any], side: str) -> dict[str, torch.Tensor]:

@@ -74,6 +74,9 @@ def lm_metrics(
         model, lm_loader(split, tokenizer, config, accelerator), accelerator, vocab_size=vocab_size
     )
     metrics["perplexity"] = ppl["perplexity"]
+    for key in ("bits_per_byte", "bits_per_char"):  # tokenizer-free: comparable across tokenizers
+        if key in ppl:
+            metrics[key] = ppl[key]
     if config.eval.rouge:
         prompt_len = max(1, config.student.max_length - config.eval.max_new_tokens)
         ids = encode_prompts(split.prompts, tokenizer, prompt_len, config.data.chat_template)

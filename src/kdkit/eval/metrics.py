@@ -39,7 +39,8 @@ REGRESSION: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "spearman": _spearman,
     "mse": lambda p, y: float(np.mean((p - y) ** 2)),
 }
-CAUSAL_LM = ("perplexity", "rouge_l")  # computed by kdkit.eval.lm.perplexity / generation_scores
+# computed by kdkit.eval.lm.perplexity (bits per byte / char: tokenizer-free) and generation_scores (ROUGE-L)
+CAUSAL_LM = ("perplexity", "bits_per_byte", "bits_per_char", "rouge_l")
 
 
 def default_metrics(task: str, num_labels: int) -> list[str]:
@@ -58,7 +59,7 @@ def default_best_metric(task: str) -> str:
 
 def greater_is_better(metric: str) -> bool:
     # suffixes, so that prefixed names ("teacher_mse", "validation_perplexity") answer the same
-    return not metric.endswith(("mse", "loss", "perplexity", "nll"))
+    return not metric.endswith(("mse", "loss", "perplexity", "nll", "bits_per_byte", "bits_per_char"))
 
 
 def check_metrics(task: str, names: list[str], num_labels: int | None = None) -> None:

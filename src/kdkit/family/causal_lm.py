@@ -249,7 +249,8 @@ class CausalLMFamily(Family):
         def evaluate(model: nn.Module, acc: Accelerator) -> dict[str, float]:
             if loader is None:
                 return {}
-            return {"perplexity": perplexity(model, loader, acc, vocab_size=vocab)["perplexity"]}
+            scores = perplexity(model, loader, acc, vocab_size=vocab)
+            return {k: scores[k] for k in ("perplexity", "bits_per_byte") if k in scores}
 
         return evaluate
 

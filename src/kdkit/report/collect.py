@@ -109,10 +109,10 @@ class Run:
         return self.config.train.best_metric or default_best_metric(self.task)
 
     def quality_metrics(self) -> list[str]:
-        """The main metric; for causal LMs also ROUGE-L."""
+        """The main metric; for causal LMs also bits per byte (comparable across tokenizers) and ROUGE-L."""
         names = [self.main_metric]
-        if self.task == "causal_lm" and "rouge_l" not in names:
-            names.append("rouge_l")
+        if self.task == "causal_lm":
+            names += [n for n in ("bits_per_byte", "rouge_l") if n not in names]
         return names
 
     def eval_splits(self) -> list[str]:

@@ -25,6 +25,7 @@ METRIC_TITLES = {
     "mse": "MSE",
     "perplexity": "perplexity",
     "rouge_l": "ROUGE-L",
+    "bits_per_byte": "bits/byte",
 }
 
 

@@ -165,7 +165,7 @@ def test_causal_lm_metric_names() -> None:
         greater_is_better,
     )
 
-    assert default_metrics("causal_lm", 0) == ["perplexity", "rouge_l"]
+    assert default_metrics("causal_lm", 0) == ["perplexity", "bits_per_byte", "bits_per_char", "rouge_l"]
     assert default_best_metric("causal_lm") == "perplexity"
     assert not greater_is_better("perplexity") and greater_is_better("rouge_l")
     check_metrics("causal_lm", ["perplexity", "rouge_l"])
@@ -173,3 +173,27 @@ def test_causal_lm_metric_names() -> None:
         check_metrics("causal_lm", ["rougel"])
     with pytest.raises(KdkitError, match=r"kdkit\.eval\.lm"):
         compute_metrics("causal_lm", [1], [1], ["perplexity"])  # type: ignore[arg-type]
+
+
+def test_bits_per_byte_is_the_nll_over_the_scored_text(lm) -> None:
+    """bits per byte = (sum of the scored tokens' NLL) / ln 2 / (UTF-8 bytes of the responses), the EOS's
+    NLL included; a response cut by max_length counts the bytes of its kept tokens."""
+    from kdkit.data.lm import LMCollator, LMDataset, LMSplit, encode_lm
+
+    model, tok = lm
+    responses = ["answer : one one .", "answer : très bien", "a plot"]
+    split = LMSplit(["question : what is one ?"] * 3, responses, [[r] for r in responses])
+    encoded = encode_lm(split, tok, max_length=64)
+    assert [s[0] for s in encoded.text_sizes] == [len(r.encode()) for r in responses]
+    assert encoded.text_sizes[1][0] == encoded.text_sizes[1][1] + 1  # "è" is 2 bytes, 1 character
+    batch = LMCollator(tok.pad_token_id)([LMDataset(encoded)[i] for i in range(3)])
+    out = perplexity(model, [batch], Accelerator(cpu=True))
+    with torch.no_grad():
+        logits = model(**batch["student"]).logits[:, :-1].float()
+    nll = F.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], ignore_index=-100, reduction="sum")
+    total = sum(len(r.encode()) for r in responses)
+    assert out["bits_per_byte"] == pytest.approx(float(nll) / math.log(2) / total, rel=1e-5)
+    assert out["bits_per_char"] > out["bits_per_byte"]  # fewer characters than bytes
+    cut = encode_lm(split, tok, max_length=8)  # the prompt keeps 6 tokens: responses cut to 2 tokens
+    kept = [ids[n:] for ids, n in zip(cut.input_ids, cut.prompt_lengths, strict=True)]
+    assert cut.text_sizes[0][0] == len(tok.decode(kept[0], skip_special_tokens=True).encode())

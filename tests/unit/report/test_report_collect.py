@@ -44,7 +44,9 @@ def test_a_run_dir_is_read_with_its_splits_and_metrics(tmp_path: Path) -> None:
     assert run.main_metric == "accuracy" and run.eval_splits() == ["validation", "test"]
     assert run.curves == {"train/loss": {1: 2.0}}
     lm = read_run(fake_run(tmp_path / "lm", {**METRICS, "validation": {"perplexity": 3.0}}, task="causal_lm"))
-    assert lm.quality_metrics() == ["perplexity", "rouge_l"] and lm.eval_splits() == ["validation"]
+    assert lm.quality_metrics() == ["perplexity", "bits_per_byte", "rouge_l"] and lm.eval_splits() == [
+        "validation"
+    ]
 
 
 def test_runs_with_the_same_dir_name_get_longer_names(tmp_path: Path) -> None:
