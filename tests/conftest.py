@@ -201,6 +201,58 @@ def tiny_llama(path: Path, layers: int = 4, hidden: int = 32, vocab_pad: int = 6
     return path
 
 
+def char_tokenizer(path: Path) -> Path:
+    """A character-level tokenizer (another tokenizer than ``tiny_lm_tokenizer``'s: one token per character,
+    so its spans against the word-level one are many to one) with bos/eos/pad/unk and the same chat template."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    chars = list(string.ascii_lowercase + string.digits + " :?.,!'")
+    vocab = {c: i for i, c in enumerate(specials + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_char_llama(path: Path, layers: int = 2, hidden: int = 32, seed: int = 1) -> Path:
+    """A tiny random Llama on ``char_tokenizer``: a student with another tokenizer than ``tiny_lm``'s."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    char_tokenizer(path)
+    n = len(AutoTokenizer.from_pretrained(path))
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=n,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-layer, 32-wide random Llama with a word-level tokenizer (vocab padded to 64)."""

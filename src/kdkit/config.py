@@ -195,7 +195,7 @@ class EvalConfig:
     splits: list[str] = field(default_factory=lambda: ["validation", "test"])  # splits reported at the end
     metrics: list[str] | None = None  # metric names; null: the task's defaults (see docs)
     agreement: bool = True  # report student-teacher agreement when a teacher is loaded
-    max_new_tokens: int = 128  # causal_lm: greedy generation length for ROUGE-L
+    max_new_tokens: int = 64  # causal_lm: greedy generation length for ROUGE-L (prompt: max_length - this)
     rouge: bool = True  # causal_lm: report ROUGE-L of greedy generations (costs a generation pass)
     teacher: bool = True  # also report the teacher's metrics on the eval splits
     datasets: dict[str, str] = field(default_factory=dict)  # causal_lm: more eval files, name -> path

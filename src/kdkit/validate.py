@@ -5,15 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdkit.assets import ASSETS, is_asset
+from kdkit.align import vocabulary_matches
+from kdkit.assets import ASSETS, converted_path, is_asset
 from kdkit.config import Config, load_config
 from kdkit.data import load_task_data
+from kdkit.data.encode import same_tokenizer
 from kdkit.data.lm import load_lm_data, load_lm_file
 from kdkit.errors import KdkitError
 from kdkit.eval.metrics import check_metrics, default_best_metric
 from kdkit.family import family_for
+from kdkit.family.causal_lm import check_cross_config
 from kdkit.methods import METHODS
-from kdkit.models import has_trained_head, load_model_config, resolve_model_name
+from kdkit.models import (
+    has_trained_head,
+    load_model_config,
+    load_tokenizer,
+    resolve_model_name,
+    with_pad_token,
+)
 from kdkit.models.load import check_label_space, encoder_depth_check
 from kdkit.teacher.cache import META, TeacherCache
 
@@ -87,7 +96,7 @@ def _check_student(model_config: Any, student: Any) -> None:
 def _lm_model_line(role: str, name: str) -> tuple[str, Any | None]:
     """A causal LM by name; packaged assets are checked without converting them (that takes ~30 s)."""
     if is_asset(name, "model"):
-        ASSETS[name].path()  # the package is installed
+        ASSETS[name].check_installed()
         return f"{role}: {name} (packaged asset, converted on first use)", None
     resolved = resolve_model_name(name)
     if not Path(resolved).exists():
@@ -124,7 +133,44 @@ def _validate_lm(config: Config) -> list[str]:
         lines.append("student: cut from the teacher")
     if student_cfg is not None:
         _check_student(student_cfg, student)
+    if (
+        config.teacher.model
+        and config.method.name in METHODS
+        and METHODS.get(config.method.name).needs_teacher
+    ):
+        lines.append(_tokenizer_line(config))
     return lines + _artifact_lines(config)
+
+
+def _local_tokenizer(name: str) -> Any | None:
+    """The tokenizer of a local dir or an already converted asset; None when loading it means converting
+    an asset (minutes) or reaching the hub."""
+    if is_asset(name, "model"):
+        asset = ASSETS[name]
+        if asset.converted is not None and not (converted_path(asset) / "config.json").is_file():
+            return None
+    elif not Path(name).expanduser().exists():
+        return None
+    return with_pad_token(load_tokenizer(name))
+
+
+def _tokenizer_line(config: Config) -> str:
+    """How the teacher's tokens meet the student's: one tokenizer, or aligned spans and the shared entries."""
+    teacher_name = config.teacher.tokenizer or config.teacher.model
+    student_name = config.student.tokenizer or config.student.model or teacher_name
+    assert teacher_name is not None and student_name is not None
+    teacher_tok, student_tok = _local_tokenizer(teacher_name), _local_tokenizer(student_name)
+    if teacher_tok is None or student_tok is None:
+        return "tokenizers: compared when the run starts (a packaged asset not converted yet, or a hub id)"
+    if same_tokenizer(student_tok, teacher_tok):
+        return "tokenizers: the same (token-level losses compare positions one to one)"
+    check_cross_config(config, student_tok, teacher_tok, cached=bool(config.cache.dir))
+    matched = vocabulary_matches(student_tok, teacher_tok)[0].numel()
+    return (
+        f"tokenizers: different: cross-tokenizer distillation over spans aligned by character offsets; "
+        f"{matched:,} of the teacher's {len(teacher_tok):,} vocabulary entries match one of the student's "
+        f"{len(student_tok):,} (the hybrid's shared sub-vocabulary)"
+    )
 
 
 def _artifact_lines(config: Config) -> list[str]:

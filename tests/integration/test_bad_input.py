@@ -105,11 +105,17 @@ def test_causal_lm_with_different_vocabularies(
         "teacher": {"model": str(tiny_lm), "tokenizer": str(other)},
         "student": {"num_layers": 2},
         "data": {"train": str(tiny_jsonl), "split": {"validation": 0.25}},
-        "method": {"name": "forward_kl"},
+        "method": {"name": "atkd"},  # another tokenizer: the cross-tokenizer methods only
         "train": {"max_steps": 1, "batch_size": 4},
     }
     line = fails(capsys, "distill", "--config", write(tmp_path / "lm.yaml", config))
-    assert "tokenizer" in line
+    assert "method 'atkd' needs the teacher's and the student's tokenizers to be the same" in line
+    # generation after training needs room for a prompt: refused before training, not after it
+    config["method"] = {"name": "forward_kl"}
+    config["eval"] = {"max_new_tokens": 127}
+    line = fails(capsys, "distill", "--config", write(tmp_path / "lm.yaml", config))
+    assert "eval.max_new_tokens (127) leaves 1 of student.max_length (128) tokens" in line
+    assert not (tmp_path / "lm" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@ ends with the same weights and metrics as it did before kdkit's run pipeline was
 
 The reference values below were recorded with ``python -m tests.method_runs`` on the code as it stood before
 the redesign (commit fbb47f1). A change that is *meant* to alter training must re-record them and say why.
-Since then only keys were added (``bits_per_byte``, ``bits_per_char`` of the causal-LM runs); every value
-recorded on fbb47f1 is unchanged.
+Since then only keys were added (``bits_per_byte``, ``bits_per_char`` of the causal-LM runs) and the ``uld``
+run (recorded when the method was added); every value recorded on fbb47f1 is unchanged.
 Runs are compared up to float rounding (relative 1e-4): a different order of random draws, a missing loss
 term or a different data order moves these numbers by far more.
 """
@@ -21,6 +21,32 @@ from tests.method_runs import RUNS, signature
 pytestmark = pytest.mark.integration
 
 REFERENCE: dict[str, Any] = {
+    "uld": {  # recorded when ULD was added (commit after a39c48f), not on fbb47f1
+        "metrics": {
+            "best_step": 10,
+            "kind": "distill",
+            "method": "uld",
+            "parameters": 20640,
+            "steps": 10,
+            "teacher": {
+                "validation": {
+                    "bits_per_byte": 1.6628736,
+                    "bits_per_char": 1.6628736,
+                    "perplexity": 42.351445,
+                    "rouge_l": 0.0,
+                }
+            },
+            "teacher_parameters": 39200,
+            "truncated": {"train": 0},
+            "validation": {
+                "bits_per_byte": 1.0684234,
+                "bits_per_char": 1.0684234,
+                "perplexity": 11.09914,
+                "rouge_l": 34.375,
+            },
+        },
+        "weights": [20.0, 166.19677152136865, 183.94261978271965, 3.3691137420859394],
+    },
     "atkd": {
         "metrics": {
             "best_step": 10,

@@ -58,6 +58,18 @@ def lm_loader(
     return accelerator.prepare_data_loader(loader)
 
 
+def check_prompt_room(config: Config) -> None:
+    """ROUGE-L generates ``eval.max_new_tokens`` after a prompt cut to the rest of ``student.max_length``:
+    refuse a config that leaves the prompt fewer than 2 tokens."""
+    room = config.student.max_length - config.eval.max_new_tokens
+    if config.eval.rouge and room < 2:
+        raise KdkitError(
+            f"eval.max_new_tokens ({config.eval.max_new_tokens}) leaves {max(room, 0)} of student.max_length "
+            f"({config.student.max_length}) tokens for the prompt of ROUGE-L's generations; raise "
+            "student.max_length, lower eval.max_new_tokens, or set eval.rouge: false"
+        )
+
+
 def lm_metrics(
     model: nn.Module,
     tokenizer: Any,
@@ -78,7 +90,8 @@ def lm_metrics(
         if key in ppl:
             metrics[key] = ppl[key]
     if config.eval.rouge:
-        prompt_len = max(1, config.student.max_length - config.eval.max_new_tokens)
+        check_prompt_room(config)
+        prompt_len = config.student.max_length - config.eval.max_new_tokens
         ids = encode_prompts(split.prompts, tokenizer, prompt_len, config.data.chat_template)
         scores = generation_scores(
             model,

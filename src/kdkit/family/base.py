@@ -61,6 +61,7 @@ class Teacher:
     tokenizer: PreTrainedTokenizerBase
     model: nn.Module | None  # None: its outputs are read from a cache
     vocab: int | None = None  # causal LMs: the shared real vocabulary the losses compare
+    same_tokenizer: bool = True  # causal LMs: False for a teacher with another tokenizer (aligned spans)
 
     def model_config(self) -> PretrainedConfig:
         """The teacher's model config (read from its files when its weights are not loaded)."""

@@ -19,20 +19,34 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from kdkit.align import require_offsets, vocabulary_matches
 from kdkit.config import Config, ModelConfig, TrainConfig
-from kdkit.data.lm import LMCollator, LMData, LMDataset, LMEncoded, encode_lm, load_lm_data, shift_labels
-from kdkit.errors import KdkitError
+from kdkit.data.encode import same_tokenizer
+from kdkit.data.lm import (
+    LMCollator,
+    LMData,
+    LMDataset,
+    LMEncoded,
+    LMSplit,
+    encode_lm,
+    load_lm_data,
+    shift_labels,
+)
+from kdkit.data.lm_cross import CrossCollator, CrossDataset, encode_cross
+from kdkit.errors import KdkitError, note
 from kdkit.eval.lm import perplexity
-from kdkit.eval.lm_evaluate import eval_sets, lm_loader, lm_metrics
+from kdkit.eval.lm_evaluate import check_prompt_room, eval_sets, lm_loader, lm_metrics
 from kdkit.eval.metrics import check_metrics, default_best_metric
 from kdkit.family.base import Family, Job, RunData, Student, Teacher, report_truncation
+from kdkit.family.cross_cache import cross_cache_job, cross_provenance, read_cross_cache
 from kdkit.family.on_policy import OnPolicy
 from kdkit.methods import METHODS
 from kdkit.methods.base import LM_TASKS, Batch, LossContext, Resources
-from kdkit.methods.lm_base import LMTaskLoss
+from kdkit.methods.lm_base import LMTaskLoss, cross_cache_refusal, cross_refusal
 from kdkit.models import (
     LMOutputs,
     build_lm_student,
+    check_cross_pair,
     check_lm_pair,
     count_parameters,
     freeze,
@@ -41,7 +55,15 @@ from kdkit.models import (
     load_tokenizer,
     with_pad_token,
 )
-from kdkit.teacher.build import DTYPES, CacheJob, lm_provenance, open_cache, to_device, topk_rows
+from kdkit.teacher.build import (
+    DTYPES,
+    CacheJob,
+    lm_provenance,
+    open_cache,
+    pack_topk,
+    to_device,
+    topk_examples,
+)
 from kdkit.teacher.cache import TeacherCache
 from kdkit.teacher.generations import GENERATIONS, teacher_generations
 
@@ -60,6 +82,7 @@ class CausalLMFamily(Family):
             )
         if not config.teacher.model and not job.model.model:
             raise KdkitError("set teacher.model (and student.layers / num_layers) or student.model")
+        check_prompt_room(config)  # before training: ROUGE-L runs after it
 
     def check_cache_use(self, config: Config, method: Any) -> None:
         super().check_cache_use(config, method)
@@ -97,11 +120,19 @@ class CausalLMFamily(Family):
         self, config: Config, name: str, student: Student, job: Job, accelerator: Accelerator, data: LMData
     ) -> Teacher:
         tokenizer = with_pad_token(load_tokenizer(config.teacher.tokenizer or name))
+        same = same_tokenizer(student.tokenizer, tokenizer)
+        if not same:  # refused before the teacher's weights are loaded
+            check_cross_config(config, student.tokenizer, tokenizer, job.cached)
+        if job.cached and not same:  # the cache holds the teacher's rows at its own positions
+            return Teacher(name, tokenizer, None, None, same_tokenizer=False)
         if job.cached:  # the teacher's weights are never loaded; its tokenizer is checked like a live one's
             return Teacher(
                 name, tokenizer, None, check_lm_pair(student.tokenizer, tokenizer, student.model, None)
             )
         model = freeze(load_causal_lm(name)).to(accelerator.device)
+        if not same:
+            check_cross_pair(student.tokenizer, tokenizer, student.model, model)
+            return Teacher(name, tokenizer, model, None, same_tokenizer=False)
         return Teacher(
             name, tokenizer, model, check_lm_pair(student.tokenizer, tokenizer, student.model, model)
         )
@@ -118,10 +149,10 @@ class CausalLMFamily(Family):
     ) -> RunData:
         tokenizer, max_length = student.tokenizer, job.model.max_length
         train_split = data.split("train")
-        if teacher is not None and config.generation.source == "teacher":
+        if teacher is not None and config.generation.source == "teacher":  # text: any tokenizer pair
             train_split = teacher_generations(
                 teacher.model,
-                tokenizer,
+                teacher.tokenizer,
                 train_split,
                 config.generation,
                 max_length=max_length,
@@ -131,6 +162,8 @@ class CausalLMFamily(Family):
                 else out,  # a cache keeps the responses it covers
                 accelerator=accelerator,
             )
+        if teacher is not None and spans_mode(config, teacher):
+            return self._encode_cross(config, job, data, train_split, student, teacher, accelerator)
         train_enc = encode_lm(train_split, tokenizer, max_length, config.data.chat_template)
         report_truncation(
             "train", train_enc.num_truncated, len(train_enc), f"{job.which}.max_length", max_length
@@ -147,6 +180,54 @@ class CausalLMFamily(Family):
             extra={"train": train_enc},
         )
 
+    def _encode_cross(
+        self,
+        config: Config,
+        job: Job,
+        data: LMData,
+        train_split: LMSplit,
+        student: Student,
+        teacher: Teacher,
+        accelerator: Accelerator,
+    ) -> RunData:
+        """Both models' tokens and the aligned spans of every training response (``kdkit.data.lm_cross``)."""
+        max_length = job.model.max_length
+        enc = encode_cross(
+            train_split, student.tokenizer, teacher.tokenizer, max_length,
+            teacher_max_length(config, job, teacher), config.data.chat_template,
+        )  # fmt: skip
+        if enc.aligned_tokens == 0:
+            raise KdkitError(
+                "no response token of the training data aligns between the student's and the teacher's "
+                "tokenizers (their character offsets never end at the same place); check both tokenizers"
+            )
+        if not teacher.same_tokenizer:
+            note(
+                f"cross-tokenizer distillation: {enc.coverage:.1%} of the student's {enc.response_tokens} "
+                "training response tokens lie in aligned spans (the rest get the CE term only)"
+            )
+        report_truncation("train", enc.student.num_truncated, len(enc), f"{job.which}.max_length", max_length)
+        loaders = {}
+        if data.has("validation"):
+            loaders["validation"] = lm_loader(
+                data.split("validation"), student.tokenizer, config, accelerator
+            )
+        skip_eos = bool(getattr(config.method, "skip_eos", False))
+        return RunData(
+            CrossDataset(enc),
+            CrossCollator(student.tokenizer.pad_token_id, teacher.tokenizer.pad_token_id, skip_eos),
+            loaders,
+            {"train": enc.student.num_truncated},
+            same_tokenizer=False,
+            extra={
+                "train": enc.student,
+                "teacher_tokenizer": teacher.tokenizer,
+                "teacher_max_length": teacher_max_length(config, job, teacher),
+                "cross": enc,
+                "student_tokenizer": student.tokenizer,
+            },
+        )
+
     def loss_context(
         self,
         config: Config,
@@ -158,24 +239,34 @@ class CausalLMFamily(Family):
         resources: Resources,
     ) -> LossContext:
         teacher_config = teacher.model_config() if teacher is not None else None
+        spans = not run_data.same_tokenizer
         return LossContext(
             "causal_lm",
             0,
             teacher_config,
             student.model.config,
             student.layers,
-            True,
+            not spans,
             _vocab(student, teacher),
             seed=job.train.seed,
             resources=resources,
+            teacher_vocab_size=len(teacher.tokenizer) if spans and teacher is not None else None,
+            matched=vocabulary_matches(student.tokenizer, teacher.tokenizer) if spans and teacher else None,
         )
 
     # --- teacher cache ------------------------------------------------------------------------------------
     def open_cache(self, config: Config, data: LMData, teacher: Teacher, run_data: RunData) -> TeacherCache:
+        if "cross" in run_data.extra:  # span losses: the teacher's rows at its own positions
+            enc, student_tok = run_data.extra["cross"], run_data.extra["student_tokenizer"]
+            return open_cache(
+                config, cross_provenance(config, teacher.name, teacher.tokenizer, student_tok, enc)
+            )
         train_enc: LMEncoded = run_data.extra["train"]
         return open_cache(config, lm_provenance(config, teacher.name, teacher.tokenizer, train_enc))
 
     def read_cache(self, cache: TeacherCache, batch: Batch, device: torch.device) -> LMOutputs:
+        if "align" in batch:
+            return read_cross_cache(cache, batch, device)
         _, mask = shift_labels(batch)
         top = cache.topk(batch["idx"], mask.sum(1).tolist())
         top = type(top)(
@@ -184,8 +275,16 @@ class CausalLMFamily(Family):
         return LMOutputs(None, None, None, topk=top)
 
     def cache_job(self, config: Config, teacher_name: str, accelerator: Accelerator, root: Path) -> CacheJob:
-        METHODS.get(config.method.name).check(config.method, "causal_lm")  # a token-level method
+        method = METHODS.get(config.method.name)
+        method.check(config.method, "causal_lm")  # a token-level method
         tokenizer = with_pad_token(load_tokenizer(config.teacher.tokenizer or teacher_name))
+        student_name = config.student.tokenizer or config.student.model or teacher_name
+        student_tok = (
+            with_pad_token(load_tokenizer(student_name)) if student_name != teacher_name else tokenizer
+        )
+        same = same_tokenizer(student_tok, tokenizer)
+        if not same:  # refused before the teacher's weights are loaded
+            check_cross_config(config, student_tok, tokenizer, cached=True)
         teacher = freeze(load_causal_lm(teacher_name)).to(accelerator.device)
         split = load_lm_data(config.data).split("train")
         max_length = config.student.max_length  # the length training tokenizes to
@@ -194,34 +293,33 @@ class CausalLMFamily(Family):
                 teacher, tokenizer, split, config.generation, max_length=max_length,
                 chat_template=config.data.chat_template, out_dir=root, accelerator=accelerator,
             )  # fmt: skip
-        encoded = encode_lm(split, tokenizer, max_length, config.data.chat_template)
         vocab, k = len(tokenizer), config.cache.top_k
-        temperature = float(getattr(config.method, "temperature", 1.0))
         if k > vocab:
             raise KdkitError(f"cache.top_k is {k}, more than the vocabulary's {vocab} tokens; lower it")
+        if not same or getattr(method, "spans_only", False):  # span losses: rows at the teacher's positions
+            t_max = max_length if same else max(max_length, config.teacher.max_length)
+            enc = encode_cross(
+                split, student_tok, tokenizer, max_length, t_max, config.data.chat_template
+            )  # as training encodes it
+            job = cross_cache_job(config, teacher_name, teacher, (student_tok, tokenizer), enc, accelerator)
+            if config.generation.source == "teacher":
+                job.meta["generations"] = GENERATIONS
+            return job
+        encoded = encode_lm(split, tokenizer, max_length, config.data.chat_template)
+        temperature = float(getattr(config.method, "temperature", 1.0))
         dtype = DTYPES[config.cache.dtype]
 
         def outputs(batch: Batch) -> list[dict[str, torch.Tensor]]:
             out = lm_forward(teacher, to_device(batch["student"], accelerator.device), chunked=True)
             targets, mask = shift_labels(batch)
             mask, targets = mask.to(accelerator.device), targets.to(accelerator.device)
-            ids, lp, tgt = topk_rows(out, mask, targets, vocab, k, temperature)
-            counts = mask.sum(1).tolist()
-            return [
-                {"indices": a, "logprobs": b.to(dtype), "target_logprobs": c}
-                for a, b, c in zip(ids.split(counts), lp.split(counts), tgt.split(counts), strict=True)
-            ]
-
-        def pack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-            counts = torch.tensor([0] + [r["indices"].shape[0] for r in rows])
-            keys = ("indices", "logprobs", "target_logprobs")
-            return {"offsets": counts.cumsum(0), **{key: torch.cat([r[key] for r in rows]) for key in keys}}
+            return topk_examples(out, mask, targets, vocab, k, temperature, dtype)
 
         meta = {"kind": "topk", "provenance": lm_provenance(config, teacher_name, tokenizer, encoded)}
         meta.update(num_examples=len(encoded), shard_size=config.cache.shard_size, vocab_size=vocab)
         if config.generation.source == "teacher":
             meta["generations"] = GENERATIONS
-        return CacheJob(LMDataset(encoded), LMCollator(tokenizer.pad_token_id), outputs, pack, meta)
+        return CacheJob(LMDataset(encoded), LMCollator(tokenizer.pad_token_id), outputs, pack_topk, meta)
 
     # --- training and evaluation ------------------------------------------------------------------------
     def prepare_batch(
@@ -232,7 +330,17 @@ class CausalLMFamily(Family):
         collate = run_data.collate
         assert isinstance(collate, LMCollator)
         gen, max_length = config.generation, job.model.max_length
-        return OnPolicy(student.model, student.tokenizer, gen, collate, max_length, accelerator)
+        reencode = None
+        if isinstance(collate, CrossCollator):  # the samples are decoded and tokenized again for both sides
+            teacher_tok, t_max = run_data.extra["teacher_tokenizer"], run_data.extra["teacher_max_length"]
+            chat = config.data.chat_template
+
+            def reencode(prompts: list[str], responses: list[str]) -> list[dict[str, Any]]:
+                split = LMSplit(prompts, responses, [[r] for r in responses])
+                encoded = encode_cross(split, student.tokenizer, teacher_tok, max_length, t_max, chat)
+                return [CrossDataset(encoded)[i] for i in range(len(encoded))]
+
+        return OnPolicy(student.model, student.tokenizer, gen, collate, max_length, accelerator, reencode)
 
     def validate_fn(
         self,
@@ -280,9 +388,11 @@ class CausalLMFamily(Family):
             metrics[name] = lm_metrics(
                 trained, tokenizer, split, config, accelerator, vocab_size=vocab, generations_file=gen_file
             )
-            if model is not None and config.eval.teacher:
+            if model is not None and config.eval.teacher:  # each model with its own tokenizer
+                assert teacher is not None
+                t_tok, t_vocab = (tokenizer, vocab) if teacher.same_tokenizer else (teacher.tokenizer, None)
                 metrics.setdefault("teacher", {})[name] = lm_metrics(
-                    model, tokenizer, split, config, accelerator, vocab_size=vocab
+                    model, t_tok, split, config, accelerator, vocab_size=t_vocab or len(t_tok)
                 )
         if model is not None:
             metrics["teacher_parameters"] = count_parameters(model)
@@ -300,6 +410,44 @@ class CausalLMFamily(Family):
                 model, tokenizer, split, config, accelerator, vocab_size=len(tokenizer)
             )
         return results, model, {}, data, self.metric_names(config, data)
+
+
+def spans_mode(config: Config, teacher: Teacher) -> bool:
+    """Whether the loss scores aligned spans: a teacher with another tokenizer, or a method that always does
+    (ULD)."""
+    method = METHODS.get(config.method.name)
+    return not teacher.same_tokenizer or bool(getattr(method, "spans_only", False))
+
+
+def teacher_max_length(config: Config, job: Job, teacher: Teacher) -> int:
+    """The teacher side's token budget: the student's, or ``teacher.max_length`` when that is larger (another
+    tokenizer may need more tokens for the same text)."""
+    if teacher.same_tokenizer:
+        return job.model.max_length
+    return max(job.model.max_length, config.teacher.max_length)
+
+
+def check_cross_config(config: Config, student_tok: Any, teacher_tok: Any, cached: bool) -> None:
+    """Refuse, in one line, what cannot run with a teacher of another tokenizer."""
+    method = METHODS.get(config.method.name)
+    if not getattr(method, "cross_tokenizer", False):
+        raise KdkitError(cross_refusal(config.method.name))
+    if cached and not (getattr(method, "spans_only", False) and method.can_use_cache(config.method)):
+        raise KdkitError(cross_cache_refusal(config.method.name))
+    if cached and (getattr(config.method, "top_k", None) or config.cache.top_k + 1) > config.cache.top_k:
+        note(
+            f"ULD from the teacher cache compares each span's {config.cache.top_k} largest probabilities "
+            "(cache.top_k) exactly and the rest by their mass (method.top_k null is exact only with a live "
+            "teacher)"
+        )
+    for role, tok in (("student", student_tok), ("teacher", teacher_tok)):
+        require_offsets(tok, role)
+        if config.data.chat_template and not getattr(tok, "chat_template", None):
+            raise KdkitError(
+                f"data.chat_template is true but the {role}'s tokenizer ('{tok.name_or_path}') has no chat "
+                "template; each model renders the prompt with its own: set data.chat_template: false, or "
+                f"give the {role} a tokenizer with one ({role}.tokenizer)"
+            )
 
 
 def _vocab(student: Student, teacher: Teacher | None) -> int:

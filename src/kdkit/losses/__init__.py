@@ -13,11 +13,20 @@ from kdkit.losses.divergences import (
 )
 from kdkit.losses.kd import hidden_mse, kd_loss, kd_mse_loss, soft_kl
 from kdkit.losses.relational import aggregate_neighbours, relational_kl, retrieval_augmented, supcon_loss
+from kdkit.losses.uld import (
+    aligned_cross_tokenizer_loss,
+    cached_uld_loss,
+    hybrid_terms,
+    sorted_l1,
+    uld_loss,
+)
 
 __all__ = [
     "DIVERGENCES",
     "aggregate_neighbours",
+    "aligned_cross_tokenizer_loss",
     "atkd_loss",
+    "cached_uld_loss",
     "chunked_atkd_loss",
     "chunked_cross_entropy",
     "chunked_token_loss",
@@ -25,6 +34,7 @@ __all__ = [
     "forward_kl",
     "generalized_jsd",
     "hidden_mse",
+    "hybrid_terms",
     "kd_loss",
     "kd_mse_loss",
     "relational_kl",
@@ -32,7 +42,9 @@ __all__ = [
     "reverse_kl",
     "skew_kl",
     "soft_kl",
+    "sorted_l1",
     "supcon_loss",
     "token_divergence",
     "tvd",
+    "uld_loss",
 ]

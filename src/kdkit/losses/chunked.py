@@ -118,12 +118,14 @@ def _counted_targets(
 # ---------------------------------------------------------------- chunk machinery
 
 
-def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """(c, D) @ (V, D).T (+ (V,)) -> (c, V) float32 logits.
+def _chunk_logits(hidden: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """(c, D) @ (V, D).T (+ (V,)) -> (c, V) float32 logits; with ``weight`` None the rows are logits already.
 
     Autocast is off so that a caller's bf16 autocast region cannot lower the matmul; inputs are cast here,
     per chunk, so a bf16 head gets no fp32 copy that lives (and is saved) across chunks.
     """
+    if weight is None:
+        return hidden.float()
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         return F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
 
@@ -131,10 +133,14 @@ def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
 class _Head:
     """One model's gathered hidden states (n, D) and LM head cut to the compared vocabulary."""
 
-    def __init__(self, hidden: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, vocab: int):
+    def __init__(
+        self, hidden: Tensor, weight: Tensor | None, bias: Tensor | None, index: Tensor | None, vocab: int
+    ):
         flat = hidden.reshape(-1, hidden.shape[-1])  # (B*T, D)
         self.rows = flat if index is None else flat.index_select(0, index)  # (n, D): counted tokens only
-        self.weight = weight[:vocab]  # (V, D): padded rows beyond vocab are never read
+        if weight is None:  # the rows are logits (a model without a plain LM head)
+            self.rows = self.rows[:, :vocab]
+        self.weight = None if weight is None else weight[:vocab]  # (V, D): rows beyond vocab never read
         self.bias = None if bias is None else bias[:vocab]
 
 

@@ -137,7 +137,7 @@ def hybrid_terms(
 def _rowwise(
     fn: Callable[..., Tensor],
     rows: Tensor,
-    weight: Tensor,
+    weight: Tensor | None,
     bias: Tensor | None,
     extras: list[Tensor],
     chunk: int,
@@ -154,9 +154,80 @@ def _rowwise(
     return torch.cat(parts) if parts else rows.new_zeros(0)
 
 
+class _SortedL1(torch.autograd.Function):
+    """Per-row ``sorted_l1(p_raw * exp(log_f), q)`` against a teacher given by its sorted head ``q_head``
+    (c, W), descending, and the mass beyond it ``q_rest`` (c,), with the gradient worked out in forward.
+
+    Autograd through ``sort``/``topk`` would keep (or, checkpointed, recompute) the sort of both sides: for a
+    262,144-token teacher the sorts are most of ULD's time. The gradient of an L1 between sorted vectors is
+    the sign of each difference sent back to the entry it came from (entries beyond the head share the
+    sign of the rest-mass difference), so the forward stores it as int8 (c, Vs) plus one scalar per row
+    for the factor; backward is a multiply. Ties and zero differences get a zero subgradient, as
+    ``abs`` has.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, p_raw: Tensor, log_f: Tensor, q_head: Tensor, q_rest: Tensor) -> Tensor:
+        f = log_f.exp()
+        p = p_raw * f.unsqueeze(-1)  # (c, Vs)
+        width = q_head.shape[-1]
+        exact = width >= p.shape[-1]
+        top = p.sort(dim=-1, descending=True) if exact else p.topk(width, dim=-1)
+        values = F.pad(top.values, (0, width - top.values.shape[-1]))
+        diff = values - q_head  # (c, W)
+        rest = (p.sum(-1) - top.values.sum(-1)) - q_rest  # (c,) 0 - q_rest when all of p is in the head
+        signs = rest.sign().to(torch.int8).unsqueeze(-1).expand_as(p).clone()  # (c, Vs) entries past the head
+        signs.scatter_(-1, top.indices, diff[:, : top.indices.shape[-1]].sign().to(torch.int8))
+        ctx.save_for_backward(signs, f, (signs * p_raw).sum(-1) * f)  # d loss / d log_f = sum(sign * p)
+        return diff.abs().sum(-1) + rest.abs()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        signs, f, d_log_f = ctx.saved_tensors
+        return signs * (grad * f).unsqueeze(-1), d_log_f * grad, None, None
+
+
+def _teacher_head(q: Tensor, top_k: int | None, width: int) -> tuple[Tensor, Tensor]:
+    """(sorted head (c, W), mass beyond it (c,)) of teacher rows ``q`` (c, Vt): all of q padded to ``width``
+    (exact ULD), or its ``top_k`` largest."""
+    if top_k is not None and top_k < width:
+        head = q.topk(min(top_k, q.shape[-1]), dim=-1).values
+        head = F.pad(head, (0, top_k - head.shape[-1]))
+        return head, q.sum(-1) - head.sum(-1)
+    head = F.pad(q.sort(dim=-1, descending=True).values, (0, width - q.shape[-1]))
+    return head, torch.zeros_like(q[:, 0])
+
+
+def _uld_chunks(
+    student: Any, teacher: Callable[[int, int], tuple[Tensor, Tensor]], log_f: Tensor, temperature: float,
+    chunk_size: int,
+) -> Tensor:  # fmt: skip
+    """Sum over span chunks of ``_SortedL1``: ``teacher(a, b)`` gives the (head, rest) of spans [a, b), no
+    grad; the student's softmax is checkpointed (recomputed in backward, its (c, Vs) not kept)."""
+    rows = student.rows
+    needs = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (rows, student.weight, student.bias)
+    )
+
+    def probs(hs: Tensor, ws: Tensor | None, bs: Tensor | None) -> Tensor:
+        return F.softmax(_chunk_logits(hs, ws, bs) / temperature, dim=-1)
+
+    total = None
+    for a in range(0, max(rows.shape[0], 1), chunk_size):
+        b = min(a + chunk_size, rows.shape[0])
+        args = (rows[a:b], student.weight, student.bias)
+        p = checkpoint(probs, *args, use_reentrant=False, preserve_rng_state=False) if needs else probs(*args)
+        with torch.no_grad():
+            head, rest = teacher(a, b)
+        part = _SortedL1.apply(p, log_f[a:b], head, rest).sum()
+        total = part if total is None else total + part
+    assert total is not None
+    return total
+
+
 def span_log_factors(
     hidden: Tensor,
-    weight: Tensor,
+    weight: Tensor | None,
     targets: Tensor,
     groups: Tensor,
     first: Tensor,
@@ -176,7 +247,7 @@ def span_log_factors(
     """
     rest = (groups >= 0) & ~first
     index = _counted_index(rest)
-    vocab = weight.shape[0] if vocab_size is None else vocab_size
+    vocab = _rows_of(hidden, weight) if vocab_size is None else vocab_size
     head = _Head(hidden, weight, bias, index, vocab)
     ids = targets.reshape(-1).index_select(0, index) if index is not None else targets.reshape(-1)
 
@@ -187,6 +258,11 @@ def span_log_factors(
     lp = _rowwise(chunk, head.rows, head.weight, head.bias, [ids], chunk_size)  # (n,)
     owners = groups.reshape(-1).index_select(0, index) if index is not None else groups.reshape(-1)
     return torch.zeros(num_groups, dtype=lp.dtype, device=lp.device).index_add(0, owners, lp)
+
+
+def _rows_of(hidden: Tensor, weight: Tensor | None) -> int:
+    """The vocabulary of a side given as hidden states + LM head, or as logits (``weight`` None)."""
+    return hidden.shape[-1] if weight is None else weight.shape[0]
 
 
 def _first_rows(hidden: Tensor, groups: Tensor, first: Tensor, num_groups: int) -> Tensor:
@@ -205,9 +281,9 @@ def _first_rows(hidden: Tensor, groups: Tensor, first: Tensor, num_groups: int) 
 
 def aligned_cross_tokenizer_loss(
     student_hidden: Tensor,
-    student_weight: Tensor,
+    student_weight: Tensor | None,
     teacher_hidden: Tensor,
-    teacher_weight: Tensor,
+    teacher_weight: Tensor | None,
     *,
     student_targets: Tensor,
     teacher_targets: Tensor,
@@ -240,8 +316,8 @@ def aligned_cross_tokenizer_loss(
     _check_top_k(top_k)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    s_vocab = student_weight.shape[0] if student_vocab is None else student_vocab
-    t_vocab = teacher_weight.shape[0] if teacher_vocab is None else teacher_vocab
+    s_vocab = _rows_of(student_hidden, student_weight) if student_vocab is None else student_vocab
+    t_vocab = _rows_of(teacher_hidden, teacher_weight) if teacher_vocab is None else teacher_vocab
     kw = divergence_kwargs or {}
     if matched is not None:
         w_m = matched[0].numel() / t_vocab if matched_weight is None else matched_weight
@@ -276,24 +352,121 @@ def aligned_cross_tokenizer_loss(
     s_rows = _first_rows(student_hidden, student_groups, student_first, num_groups)
     t_rows = _first_rows(teacher_hidden, teacher_groups, teacher_first, num_groups)
     student = _Head(s_rows, student_weight, student_bias, None, s_vocab)
-    t_weight = teacher_weight[:t_vocab]
+    t_weight = None if teacher_weight is None else teacher_weight[:t_vocab]
     t_bias = None if teacher_bias is None else teacher_bias[:t_vocab]
+    if teacher_weight is None:  # logits rows: cut to the compared vocabulary
+        t_rows = t_rows[:, :t_vocab]
 
     def chunk(
         hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, fs: Tensor, ft: Tensor
     ) -> tuple[Tensor, ...]:
         p = F.softmax(_chunk_logits(hs, ws, bs) / temperature, dim=-1) * fs.exp().unsqueeze(-1)  # (c, Vs)
         q = F.softmax(_chunk_logits(ht, t_weight, t_bias) / temperature, dim=-1) * ft.exp().unsqueeze(-1)
-        if matched is None:
-            uld = sorted_l1(p, q, top_k).sum()
-            return (uld, uld)
         m, u = hybrid_terms(p, q, matched, divergence=divergence, top_k=top_k, **kw)
         return (w_m * m.sum() + w_u * u.sum(), u.sum(), m.sum())
 
+    n = max(num_groups, 1)
+    if matched is None:  # ULD alone: the gradient comes from the sorts made in forward (_SortedL1)
+        width = max(s_vocab, t_vocab)
+        t_log_f = factors["t"].detach()
+
+        def teacher(a: int, b: int) -> tuple[Tensor, Tensor]:
+            q = F.softmax(_chunk_logits(t_rows[a:b].detach(), t_weight, t_bias) / temperature, dim=-1)
+            return _teacher_head(q * t_log_f[a:b].exp().unsqueeze(-1), top_k, width)
+
+        total = _uld_chunks(student, teacher, factors["s"], temperature, chunk_size)
+        return total / n, {"uld": (total / n).detach()}
     extras = [t_rows.detach(), factors["s"], factors["t"].detach()]
     sums = _run_chunks(chunk, student, extras, chunk_size)
-    n = max(num_groups, 1)
     parts = {"uld": (sums[1] / n).detach()}
     if matched is not None:
         parts["matched"] = (sums[2] / n).detach()
     return sums[0] / n, parts
+
+
+# ---------------------------------------------------------------- from a teacher cache (top-k + tail)
+
+
+def cached_uld_loss(
+    student_hidden: Tensor,
+    student_weight: Tensor | None,
+    *,
+    teacher_logprobs: Tensor,
+    teacher_log_factors: Tensor,
+    student_targets: Tensor,
+    student_groups: Tensor,
+    student_first: Tensor,
+    num_groups: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    student_bias: Tensor | None = None,
+    student_vocab: int | None = None,
+    chunk_size: int = 256,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """ULD over aligned spans against a cached teacher: ``aligned_cross_tokenizer_loss`` with ``top_k`` = k,
+    the teacher known by its top-k log-probabilities at each span's first position.
+
+    Args:
+        student_hidden, student_weight, student_targets/groups/first, num_groups: the student side, as in
+            ``aligned_cross_tokenizer_loss``.
+        teacher_logprobs: (G, k) the teacher's top-k log-probabilities (at ``temperature``) predicting each
+            span's first token, in span order; the dropped mass is ``1 - sum(exp)``.
+        teacher_log_factors: (G,) the log of each span's teacher merge factor (its later tokens'
+            log-probabilities summed; 0 for a one-token teacher span).
+        top_k: compare the ``min(top_k, k)`` largest entries (None: all k the cache holds).
+
+    Equal to ``aligned_cross_tokenizer_loss(..., top_k=k)`` with the live teacher whose top-k these are.
+    """
+    _check_temperature(temperature)
+    _check_top_k(top_k)
+    if teacher_logprobs.shape[0] != num_groups or teacher_log_factors.shape != (num_groups,):
+        raise ValueError(
+            f"the cached teacher has {teacher_logprobs.shape[0]} span rows and {tuple(teacher_log_factors.shape)} "
+            f"factors for {num_groups} spans"
+        )
+    s_vocab = _rows_of(student_hidden, student_weight) if student_vocab is None else student_vocab
+    f_s = span_log_factors(
+        student_hidden, student_weight, student_targets, student_groups, student_first, num_groups,
+        temperature=temperature, bias=student_bias, vocab_size=s_vocab, chunk_size=chunk_size,
+    )  # fmt: skip
+    q = teacher_logprobs.float().exp()  # (G, k)
+    if top_k is not None and top_k < q.shape[-1]:
+        q = q.sort(dim=-1, descending=True).values[:, :top_k]
+    scale = teacher_log_factors.float().exp()
+    held = teacher_logprobs.float().exp().sum(-1)  # (G,) the cached top-k's mass
+    q_rest = ((1.0 - held).clamp_min(0.0) + held - q.sum(-1)) * scale  # the tail + entries beyond top_k
+    q = q * scale.unsqueeze(-1)
+    s_rows = _first_rows(student_hidden, student_groups, student_first, num_groups)
+    student = _Head(s_rows, student_weight, student_bias, None, s_vocab)
+    q = q.sort(dim=-1, descending=True).values  # (G, k) the head, as _SortedL1 reads it
+
+    def teacher(a: int, b: int) -> tuple[Tensor, Tensor]:
+        return q[a:b], q_rest[a:b]
+
+    total = _uld_chunks(student, teacher, f_s, temperature, chunk_size)
+    loss = total / max(num_groups, 1)
+    return loss, {"uld": loss.detach()}
+
+
+def cached_span_teacher(
+    logprobs: Tensor, target_logprobs: Tensor, groups: Tensor, first: Tensor, rows: Tensor, num_groups: int
+) -> tuple[Tensor, Tensor]:
+    """The cached teacher of each span: its top-k log-probabilities at the span's first position (G, k) and
+    its log merge factor (G,), the later positions' target log-probabilities summed.
+
+    ``logprobs`` (n, k) and ``target_logprobs`` (n,) are the cache's rows; ``groups``/``first`` (B, T) the
+    teacher's spans (shifted, as ``span_log_factors``); ``rows`` (B, T) the cache row of each position (read
+    only where ``groups >= 0``).
+    """
+    flat_groups, flat_rows = groups.reshape(-1), rows.reshape(-1)
+    flat_first = first.reshape(-1)
+    heads = flat_first.nonzero().squeeze(-1)
+    order = torch.empty(num_groups, dtype=torch.long, device=rows.device)
+    order[flat_groups.index_select(0, heads)] = flat_rows.index_select(0, heads)
+    rest = ((flat_groups >= 0) & ~flat_first).nonzero().squeeze(-1)
+    factors = torch.zeros(num_groups, dtype=torch.float32, device=rows.device).index_add(
+        0,
+        flat_groups.index_select(0, rest),
+        target_logprobs.float().index_select(0, flat_rows.index_select(0, rest)),
+    )
+    return logprobs.index_select(0, order), factors

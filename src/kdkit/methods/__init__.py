@@ -5,7 +5,7 @@ To add a method: write ``methods/<name>.py`` with a ``Method`` subclass (its ``C
 and ``forward``; see ``methods/base.py``), put its math in ``kdkit/losses/``, and register it below. The
 registry checks the class against the contract now, at import time.
 Classifiers: ``kd``, ``mixkd``, ``reaugkd``. Causal LMs (token level, ``methods/lm_base.py``): ``forward_kl``,
-``reverse_kl``, ``jsd``, ``skew_kl``, ``tvd``, ``atkd``.
+``reverse_kl``, ``jsd``, ``skew_kl``, ``tvd``, ``atkd``, ``uld`` (also across tokenizers).
 """
 
 from kdkit.config import METHOD_CONFIGS
@@ -20,6 +20,7 @@ from kdkit.methods.registry import check_method
 from kdkit.methods.reverse_kl import ReverseKL
 from kdkit.methods.skew_kl import SkewKL
 from kdkit.methods.tvd import TVD
+from kdkit.methods.uld import ULD
 from kdkit.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method", check=check_method)
@@ -33,7 +34,7 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-for _cls in (KD, MixKD, ReAugKD, ForwardKL, ReverseKL, JSD, SkewKL, TVD, ATKD):
+for _cls in (KD, MixKD, ReAugKD, ForwardKL, ReverseKL, JSD, SkewKL, TVD, ATKD, ULD):
     register(_cls)
 
 __all__ = ["METHODS", "Method", "register"]

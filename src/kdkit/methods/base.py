@@ -70,6 +70,10 @@ class LossContext:
     student_layers: list[int] | None = None  # teacher layers the student was cut from, if it was
     same_tokenizer: bool = True
     vocab_size: int | None = None  # causal_lm: the shared real vocabulary (logits compared on [:vocab_size])
+    # causal_lm with a teacher of another tokenizer (``same_tokenizer`` False): the teacher's real vocabulary
+    # and the (student ids, teacher ids) of the tokens both vocabularies share (``kdkit.align``)
+    teacher_vocab_size: int | None = None
+    matched: tuple[Tensor, Tensor] | None = None
     seed: int = 0  # train.seed, for methods that draw random numbers (e.g. MixKD's pairs)
     resources: Resources = field(default_factory=dict)  # what the method's prepare() built
 
@@ -149,6 +153,8 @@ class Method(nn.Module):
     tasks: ClassVar[frozenset[str]]
     needs_teacher: ClassVar[bool] = True
     cacheable: ClassVar[bool] = True  # can train from `kdkit cache` outputs (no live teacher)
+    # causal LMs: can distil from a teacher with another tokenizer (aligned spans, ``kdkit.align``)
+    cross_tokenizer: ClassVar[bool] = False
     run_files: ClassVar[tuple[str, ...]] = ()  # names it keeps in the run dir beside the student
 
     def __init__(self, config: MethodConfig, ctx: LossContext) -> None:

@@ -10,24 +10,34 @@ Cohere's ``logit_scale``) fall back to full logits and the plain functions of ``
 Alignment: labels are aligned with ``input_ids`` (Hugging Face convention); the output at position t
 predicts token t + 1, so hidden states and logits are shifted left by one and the mask is
 ``labels[:, 1:] != -100`` (response tokens, EOS included; prompt and padding excluded).
+
+A teacher with another tokenizer: the batch carries the teacher's own ids and the aligned spans
+(``kdkit.data.lm_cross``), and a method with ``cross_tokenizer = True`` scores spans instead of positions
+(``kdkit.losses.uld.aligned_cross_tokenizer_loss``): ULD, or the hybrid of the method's divergence on the
+shared sub-vocabulary and ULD on the rest. Spans are processed in chunks of at most
+``chunk_size * 32768 // max(Vs, Vt)`` (at least 1): ``chunk_size`` counts tokens at a 32k vocabulary, so a
+262,144-token teacher gets chunks 8x smaller and the same memory per chunk.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdkit.config import MethodConfig
+from kdkit.data.lm_cross import teacher_rows
 from kdkit.data.lm_encode import IGNORE, shift_labels
 from kdkit.errors import KdkitError
 from kdkit.losses.atkd import atkd_loss
 from kdkit.losses.chunked import chunked_atkd_loss, chunked_cross_entropy, chunked_token_loss
 from kdkit.losses.divergences import token_divergence
 from kdkit.losses.topk import topk_atkd_loss, topk_token_loss
+from kdkit.losses.uld import aligned_cross_tokenizer_loss, cached_span_teacher, cached_uld_loss
 from kdkit.methods.base import LM_TASKS, Batch, FinetuneConfig, LossContext, LossOutput, Method
 from kdkit.models.causal_lm import LMOutputs, chunkable, lm_forward
 
@@ -64,6 +74,21 @@ def check_common(config: Any) -> None:
         )
 
 
+def cross_refusal(name: str) -> str:
+    return (
+        f"method '{name}' needs the teacher's and the student's tokenizers to be the same; with a teacher of "
+        "another tokenizer use method 'uld' or a divergence method (forward_kl, reverse_kl, jsd, skew_kl, tvd)"
+    )
+
+
+def cross_cache_refusal(name: str) -> str:
+    return (
+        f"cache.dir with a teacher of another tokenizer serves method 'uld' without hybrid only; '{name}' "
+        "scores the shared sub-vocabulary, which needs every teacher probability of it, not a top-k: set "
+        "cache.dir: null (live teacher), or method.name: uld with method.hybrid: false"
+    )
+
+
 class LMLoss(Method):
     """``distill + ce_weight * CE(student, labels)`` for one batch, distill given by ``token_loss``.
 
@@ -72,6 +97,7 @@ class LMLoss(Method):
 
     tasks = LM_TASKS
     config: Any
+    spans_only: ClassVar[bool] = False  # scores aligned spans even with one tokenizer (ULD)
 
     @classmethod
     def check(cls, config: MethodConfig, task: str) -> None:
@@ -80,13 +106,76 @@ class LMLoss(Method):
     def __init__(self, config: Any, ctx: LossContext) -> None:
         super().__init__(config, ctx)
         self.vocab_size = ctx.vocab_size
-        self.chunked = config.chunk_size > 0
+        self.cross = not ctx.same_tokenizer
+        if self.cross and not self.cross_tokenizer:
+            raise KdkitError(cross_refusal(self.name))
+        self.teacher_vocab_size = ctx.teacher_vocab_size
+        self.matched = ctx.matched
+        self.chunked = config.chunk_size > 0 or self.cross  # spans are always scored from hidden states
 
     def student_forward(self, student: nn.Module, batch: Batch) -> LMOutputs:
         return lm_forward(student, batch["student"], self.chunked)
 
     def teacher_forward(self, teacher: nn.Module, batch: Batch) -> LMOutputs:
         return lm_forward(teacher, batch["teacher"], self.chunked)
+
+    def cross_settings(self) -> dict[str, Any]:
+        """The span loss's settings: ``divergence`` (and its kwargs) on the shared sub-vocabulary, or None
+        for ULD alone; ``top_k``, ``matched_weight``, ``unmatched_weight`` (see ``aligned_cross_tokenizer_loss``)."""
+        return {"divergence": None}
+
+    def cross_token_loss(self, s: LMOutputs, t: LMOutputs, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The distillation term over the batch's aligned spans (a teacher with another tokenizer)."""
+        a, c = batch["align"], self.config
+        settings = dict(self.cross_settings())
+        divergence = settings.pop("divergence")
+        if t.topk is not None:
+            if divergence is not None:
+                raise KdkitError(cross_cache_refusal(self.name))
+            return self._cached_cross_loss(s, t, batch, settings.get("top_k"))
+        s_vocab = self.vocab_size or _rows(s)
+        t_vocab = self.teacher_vocab_size or self.vocab_size or _rows(t)
+        s_rows = (s.hidden if s.hidden is not None else s.logits)[:, :-1]  # logits: no plain LM head
+        t_rows = (t.hidden if t.hidden is not None else t.logits)[:, :-1].detach()
+        return aligned_cross_tokenizer_loss(
+            s_rows, s.weight, t_rows, None if t.weight is None else t.weight.detach(),
+            student_targets=batch["student"]["input_ids"][:, 1:],
+            teacher_targets=batch["teacher"]["input_ids"][:, 1:],
+            student_groups=a["student_groups"][:, 1:], teacher_groups=a["teacher_groups"][:, 1:],
+            student_first=a["student_first"][:, 1:], teacher_first=a["teacher_first"][:, 1:],
+            num_groups=int(a["num_groups"]), temperature=c.temperature,
+            matched=self.matched if divergence is not None else None,
+            divergence=divergence or "forward_kl", student_bias=s.bias,
+            teacher_bias=None if t.bias is None else t.bias.detach(),
+            student_vocab=s_vocab, teacher_vocab=t_vocab,
+            chunk_size=max(1, c.chunk_size * 32768 // max(s_vocab, t_vocab)) if c.chunk_size else 1 << 30,
+            **settings,
+        )  # fmt: skip
+
+    def _cached_cross_loss(
+        self, s: LMOutputs, t: LMOutputs, batch: Batch, top_k: int | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """ULD over the aligned spans against a teacher cache that holds the teacher's top-k at its own
+        positions (``kdkit.data.lm_cross.teacher_rows``)."""
+        a, c = batch["align"], self.config
+        assert t.topk is not None and t.topk.target_logprobs is not None
+        groups, first = a["teacher_groups"][:, 1:], a["teacher_first"][:, 1:]  # (B, T-1) shifted
+        start, count = teacher_rows(a["teacher_start"], batch["teacher"]["attention_mask"].sum(1))
+        base = count.cumsum(0) - count  # (B,) each example's first row in the batch's rows
+        rows = base[:, None] + torch.arange(groups.shape[1], device=groups.device)[None] - start[:, None]
+        num_groups = int(a["num_groups"])
+        logprobs, factors = cached_span_teacher(
+            t.topk.logprobs, t.topk.target_logprobs, groups, first, rows, num_groups
+        )
+        s_vocab = self.vocab_size or _rows(s)
+        return cached_uld_loss(
+            (s.hidden if s.hidden is not None else s.logits)[:, :-1], s.weight,
+            teacher_logprobs=logprobs, teacher_log_factors=factors,
+            student_targets=batch["student"]["input_ids"][:, 1:], student_groups=a["student_groups"][:, 1:],
+            student_first=a["student_first"][:, 1:], num_groups=num_groups, temperature=c.temperature,
+            top_k=top_k, student_bias=s.bias, student_vocab=s_vocab,
+            chunk_size=max(1, c.chunk_size * 32768 // s_vocab) if c.chunk_size else 1 << 30,
+        )  # fmt: skip
 
     def token_loss(
         self, s: LMOutputs, t: LMOutputs, targets: Tensor, mask: Tensor
@@ -96,10 +185,14 @@ class LMLoss(Method):
     def forward(self, student_out: LMOutputs, teacher_out: LMOutputs, batch: Batch) -> LossOutput:
         s = student_out
         targets, mask = shift_labels(batch)
+        extra: dict[str, Tensor] = {}
         with _as_kdkit_errors(f"'{self.name}'"):
-            distill, ce = self.token_loss(s, teacher_out, targets, mask)
+            if "align" in batch:
+                (distill, extra), ce = self.cross_token_loss(s, teacher_out, batch), None
+            else:
+                distill, ce = self.token_loss(s, teacher_out, targets, mask)
         loss = distill
-        parts = {"distill": distill.detach()}
+        parts = {"distill": distill.detach(), **extra}
         if self.config.ce_weight > 0:
             if ce is None:
                 with _as_kdkit_errors(f"'{self.name}'"):
@@ -158,6 +251,10 @@ class LMLoss(Method):
         return s.hidden is not None and t.hidden is not None
 
 
+def _rows(out: LMOutputs) -> int:
+    return out.weight.shape[0] if out.weight is not None else out.logits.shape[-1]
+
+
 def _logits(out: LMOutputs) -> Tensor:
     if out.logits is not None:
         return out.logits
@@ -188,9 +285,13 @@ class DivergenceLoss(LMLoss):
     """Token-level ``divergence`` (a name of ``kdkit.losses.DIVERGENCES``) averaged over response tokens."""
 
     divergence: str = "forward_kl"
+    cross_tokenizer = True  # across tokenizers: the hybrid, this divergence on the shared sub-vocabulary
 
     def divergence_kwargs(self) -> dict[str, Any]:
         return {}
+
+    def cross_settings(self) -> dict[str, Any]:
+        return {"divergence": self.divergence, "divergence_kwargs": self.divergence_kwargs()}
 
     def token_loss(
         self, s: LMOutputs, t: LMOutputs, targets: Tensor, mask: Tensor

@@ -3,6 +3,7 @@
 from kdkit.models.causal_lm import (
     LMOutputs,
     build_lm_student,
+    check_cross_pair,
     check_lm_pair,
     chunkable,
     config_with_overrides,
@@ -29,6 +30,7 @@ __all__ = [
     "LMOutputs",
     "build_lm_student",
     "build_student",
+    "check_cross_pair",
     "check_lm_pair",
     "chunkable",
     "config_with_overrides",

@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from kdkit.align import require_offsets
 from kdkit.config import ModelConfig
 from kdkit.data.encode import same_tokenizer
 from kdkit.errors import KdkitError
@@ -163,6 +164,28 @@ def output_rows(model: PreTrainedModel) -> int:
     if head is not None and getattr(head, "weight", None) is not None:
         return int(head.weight.shape[0])
     return int(model.config.get_text_config().vocab_size)
+
+
+def check_cross_pair(
+    student_tok: PreTrainedTokenizerBase,
+    teacher_tok: PreTrainedTokenizerBase,
+    student: PreTrainedModel,
+    teacher: PreTrainedModel | None,
+) -> None:
+    """Raise when a student and a teacher with different tokenizers cannot be distilled: each tokenizer
+    must give character offsets (a fast tokenizer) and an EOS, and fit its own model's output rows."""
+    for role, tok, model in (("student", student_tok, student), ("teacher", teacher_tok, teacher)):
+        require_offsets(tok, role)
+        if tok.eos_token_id is None:
+            raise KdkitError(
+                f"the {role}'s tokenizer ('{tok.name_or_path}') has no EOS token; a causal LM needs one to "
+                "learn where a response ends"
+            )
+        if model is not None and len(tok) > output_rows(model):
+            raise KdkitError(
+                f"the {role} has {output_rows(model)} output logits but its tokenizer has {len(tok)} tokens; "
+                f"use the {role}'s own tokenizer ({role}.tokenizer: null)"
+            )
 
 
 def check_lm_pair(

@@ -200,3 +200,23 @@ def topk_rows(
     if not ids:
         return torch.zeros(0, k, dtype=torch.int32), torch.zeros(0, k), torch.zeros(0)
     return torch.cat(ids), torch.cat(values), torch.cat(target)
+
+
+def topk_examples(
+    out: LMOutputs, mask: Tensor, targets: Tensor, vocab: int, k: int, temperature: float, dtype: torch.dtype
+) -> list[dict[str, Tensor]]:
+    """``topk_rows`` split per example (row b of ``mask`` (B, T-1)): a causal-LM cache's per-example rows,
+    log-probabilities stored in ``dtype``."""
+    ids, lp, tgt = topk_rows(out, mask, targets, vocab, k, temperature)
+    counts = mask.sum(1).tolist()
+    return [
+        {"indices": a, "logprobs": b.to(dtype), "target_logprobs": c}
+        for a, b, c in zip(ids.split(counts), lp.split(counts), tgt.split(counts), strict=True)
+    ]
+
+
+def pack_topk(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """A shard's tensors from per-example top-k rows: ``offsets`` (n + 1,) and the rows concatenated."""
+    counts = torch.tensor([0] + [r["indices"].shape[0] for r in rows])
+    keys = ("indices", "logprobs", "target_logprobs")
+    return {"offsets": counts.cumsum(0), **{key: torch.cat([r[key] for r in rows]) for key in keys}}

@@ -192,7 +192,10 @@ def test_bits_per_byte_is_the_nll_over_the_scored_text(lm) -> None:
         logits = model(**batch["student"]).logits[:, :-1].float()
     nll = F.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], ignore_index=-100, reduction="sum")
     total = sum(len(r.encode()) for r in responses)
-    assert out["bits_per_byte"] == pytest.approx(float(nll) / math.log(2) / total, rel=1e-5)
+    # the formula, exactly: the NLL sum that perplexity reports, in bits, over the responses' bytes
+    assert out["bits_per_byte"] == pytest.approx(out["nll"] * out["tokens"] / math.log(2) / total, rel=1e-12)
+    # and that NLL sum is the scored tokens' (a separate forward: float32 kernels may differ in the 5th digit)
+    assert out["nll"] * out["tokens"] == pytest.approx(float(nll), rel=1e-4)
     assert out["bits_per_char"] > out["bits_per_byte"]  # fewer characters than bytes
     cut = encode_lm(split, tok, max_length=8)  # the prompt keeps 6 tokens: responses cut to 2 tokens
     kept = [ids[n:] for ids, n in zip(cut.input_ids, cut.prompt_lengths, strict=True)]

@@ -181,3 +181,70 @@ def test_bad_arguments_are_value_errors() -> None:
         sorted_l1(p, p, top_k=0)
     with pytest.raises(ValueError, match="unknown divergence"):
         hybrid_terms(p, p, (torch.tensor([0]), torch.tensor([0])), divergence="kl")
+
+
+@pytest.mark.parametrize("top_k", [None, 2])
+def test_cached_uld_equals_the_live_top_k_loss(top_k: int | None) -> None:
+    """From the teacher's top-k log-probabilities at each span's first position and its span factors, the
+    cached loss is the live loss with top_k = k (or the smaller top_k); gradients too."""
+    from kdkit.losses.uld import cached_uld_loss
+
+    g = torch.Generator().manual_seed(5)
+    b, ts, tt, d, vs, vt, k = 2, 6, 7, 5, 9, 12, 4
+    hs = torch.randn(b, ts, d, generator=g, requires_grad=True)
+    ws = torch.randn(vs, d, generator=g, requires_grad=True)
+    ht, wt = torch.randn(b, tt, d, generator=g), torch.randn(vt, d, generator=g)
+    s_targets = torch.randint(0, vs, (b, ts), generator=g)
+    t_targets = torch.randint(0, vt, (b, tt), generator=g)
+    s_spans = [[(0, 1), (1, 2), (2, 4), (4, 5)], [(1, 4), (4, 5)]]
+    t_spans = [[(0, 1), (1, 3), (3, 4), (4, 5)], [(0, 1), (1, 3)]]
+    maps, n = _spans(s_spans, t_spans, ts, tt)
+    kw = dict(
+        student_targets=s_targets, student_groups=maps["s"][0], student_first=maps["s"][1], num_groups=n
+    )
+    live, _ = aligned_cross_tokenizer_loss(
+        hs, ws, ht, wt, teacher_targets=t_targets, teacher_groups=maps["t"][0], teacher_first=maps["t"][1],
+        temperature=1.5, top_k=top_k or k, chunk_size=3, **kw,
+    )  # fmt: skip
+    live.backward()
+    live_grad, hs.grad = hs.grad.clone(), None
+    # the cache's content: the teacher's top-k at each span's first position, its factors from its targets
+    t_lp = F.log_softmax((ht @ wt.T) / 1.5, -1)  # (B, Tt, Vt)
+    first_rows = [t_lp[row, a] for row, spans in enumerate(t_spans) for a, _ in spans]
+    top = torch.stack(first_rows).topk(k, dim=-1)
+    shuffled = top.values[:, torch.randperm(k, generator=g)]  # the cache keeps any order
+    factors = torch.tensor([
+        sum(float(t_lp[row, j, t_targets[row, j]]) for j in range(a + 1, z))
+        for row, spans in enumerate(t_spans) for a, z in spans
+    ])  # fmt: skip
+    cached, parts = cached_uld_loss(
+        hs, ws, teacher_logprobs=shuffled, teacher_log_factors=factors, temperature=1.5, top_k=top_k,
+        chunk_size=3, **kw,
+    )  # fmt: skip
+    assert float(cached.detach()) == pytest.approx(float(live.detach()), rel=1e-5)
+    assert float(parts["uld"]) == pytest.approx(float(cached.detach()))
+    cached.backward()
+    torch.testing.assert_close(hs.grad, live_grad)
+    with pytest.raises(ValueError, match="span rows"):
+        cached_uld_loss(hs, ws, teacher_logprobs=shuffled[:1], teacher_log_factors=factors, **kw)
+
+
+@pytest.mark.parametrize("top_k", [None, 3, 7, 20])
+def test_sorted_l1_with_the_gradient_made_in_forward_equals_autograd_through_sort(top_k: int | None) -> None:
+    """``_SortedL1`` (the sorts' gradient kept as int8 signs) against autograd through ``sort``/``topk``:
+    the same values and the same gradients for the student's probabilities and its span factor."""
+    from kdkit.losses.uld import _SortedL1, _teacher_head
+
+    g = torch.Generator().manual_seed(3)
+    vs, vt = 9, 14
+    p_raw = F.softmax(torch.randn(5, vs, generator=g, dtype=torch.float64), -1).requires_grad_(True)
+    log_f = (-torch.rand(5, generator=g, dtype=torch.float64)).requires_grad_(True)
+    q = F.softmax(torch.randn(5, vt, generator=g, dtype=torch.float64), -1) * 0.7
+    ref = sorted_l1(p_raw * log_f.exp().unsqueeze(-1), q, top_k)
+    w = torch.rand(5, generator=g, dtype=torch.float64)
+    ref_grads = torch.autograd.grad((ref * w).sum(), [p_raw, log_f])
+    head, rest = _teacher_head(q, top_k, max(vs, vt))
+    out = _SortedL1.apply(p_raw, log_f, head, rest)
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(torch.autograd.grad((out * w).sum(), [p_raw, log_f]), ref_grads, strict=True):
+        torch.testing.assert_close(got, want)

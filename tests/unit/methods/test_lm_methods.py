@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from kdkit.config import resolve_method
 from kdkit.errors import KdkitError
-from kdkit.losses import atkd_loss, forward_kl, generalized_jsd
+from kdkit.losses import atkd_loss, forward_kl, generalized_jsd, uld_loss
 from kdkit.methods import METHODS
 from kdkit.methods.base import LossContext
 
@@ -137,6 +137,9 @@ def test_lm_methods_refuse_classification_and_kd_refuses_causal_lm() -> None:
         ({"name": "atkd", "base": "sideways"}, "base"),
         ({"name": "forward_kl", "temperature": 0}, "temperature"),
         ({"name": "tvd", "chunk_size": -1}, "chunk_size"),
+        ({"name": "uld", "top_k": 0}, "top_k"),
+        ({"name": "uld", "matched_weight": -1}, "matched_weight"),
+        ({"name": "uld", "divergence": "skew_kl"}, "divergence"),
     ],
 )
 def test_config_ranges(raw: dict[str, Any], key: str) -> None:
@@ -150,3 +153,32 @@ def test_paper_defaults() -> None:
     assert skew.alpha == 0.1 and skew.reverse is False
     atkd = resolve_method({"name": "atkd"})
     assert (atkd.hard_ratio, atkd.easy_weight, atkd.base) == (0.5, 0.2, "forward")
+    uld = resolve_method({"name": "uld"})  # ULD paper: CE + ULD at temperature 1, exact sort; GOLD's hybrid
+    assert (uld.ce_weight, uld.temperature, uld.top_k, uld.hybrid) == (1.0, 1.0, None, False)
+    assert (uld.divergence, uld.beta, uld.matched_weight, uld.unmatched_weight) == (
+        "generalized_jsd",
+        0.5,
+        None,
+        None,
+    )
+
+
+def test_uld_with_one_tokenizer_is_the_plain_uld_loss_on_shifted_response_tokens() -> None:
+    teacher, student = _llama(seed=0), _llama(layers=1, seed=1)
+    batch = _batch()
+    for chunk in (0, 3):
+        config = resolve_method({"name": "uld", "temperature": 2.0, "ce_weight": 0.0, "chunk_size": chunk})
+        result = _run(config, student, teacher, batch)
+        with torch.no_grad():
+            s = student(**batch["student"]).logits[:, :-1, :VOCAB]
+            t = teacher(**batch["teacher"]).logits[:, :-1, :VOCAB]
+        mask = batch["labels"][:, 1:] != -100
+        assert result.loss.item() == pytest.approx(uld_loss(s, t, mask, temperature=2.0).item(), rel=1e-5)
+
+
+def test_a_token_method_that_needs_one_vocabulary_refuses_another_tokenizer() -> None:
+    teacher, student = _llama(seed=0), _llama(layers=1, seed=1)
+    ctx = LossContext("causal_lm", 0, teacher.config, student.config, None, False, VOCAB)
+    with pytest.raises(KdkitError, match="method 'atkd' needs the teacher's and the student's tokenizers"):
+        METHODS.get("atkd")(resolve_method({"name": "atkd"}), ctx)
+    assert METHODS.get("forward_kl")(resolve_method({"name": "forward_kl"}), ctx).cross
