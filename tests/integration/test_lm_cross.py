@@ -109,25 +109,33 @@ def test_resume_gives_the_same_student(
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
-def test_uld_from_the_teacher_cache_equals_the_live_top_k_run(
-    tiny_lm: Path, char_student: Path, tiny_jsonl: Path, tmp_path: Path
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_the_teacher_cache_gives_the_live_run(
+    tiny_lm: Path, char_student: Path, tiny_jsonl: Path, tmp_path: Path, hybrid: bool
 ) -> None:
     """`kdkit cache` keeps the teacher's top-k at its own positions; distilling from it gives the run that the
-    live teacher gives with method.top_k = cache.top_k (float32 cache: the same losses to rounding)."""
+    live teacher gives with method.top_k = cache.top_k (ULD), or, for the hybrid, with every teacher token
+    cached (k = its vocabulary) the live exact hybrid (float32 cache: the same losses to rounding)."""
+    from transformers import AutoTokenizer
+
     from kdkit.cli import main
 
-    config = cross_config(tiny_lm, char_student, tiny_jsonl, tmp_path / "live", top_k=8, skip_eos=True)
+    k = len(AutoTokenizer.from_pretrained(tiny_lm)) if hybrid else 8
+    method = {"hybrid": True} if hybrid else {"top_k": 8, "skip_eos": True}
+    config = cross_config(tiny_lm, char_student, tiny_jsonl, tmp_path / "live", **method)
     config["eval"] = {"splits": [], "rouge": False}
     config["train"]["load_best"] = False
     live = distill(config, overwrite=True).output_dir
     config["output_dir"] = str(tmp_path / "cached")
-    config["method"].pop("top_k")  # null: all k the cache holds
-    config["cache"] = {"dir": str(tmp_path / "cache"), "top_k": 8, "dtype": "float32", "shard_size": 20}
+    config["method"].pop("top_k", None)  # null: all k the cache holds
+    config["cache"] = {"dir": str(tmp_path / "cache"), "top_k": k, "dtype": "float32", "shard_size": 20}
     cfg = write_config(tmp_path / "c.yaml", config)
     assert main(["cache", "--config", str(cfg)]) == 0
     meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
     assert meta["provenance"]["positions"] == "teacher" and meta["provenance"]["student_tokenizer"]
     cached = distill(config).output_dir
+    if hybrid:
+        assert "matched" in (cached / "logs" / "train.jsonl").read_text()
     logs = [
         [json.loads(line) for line in (run / "logs" / "train.jsonl").read_text().splitlines()]
         for run in (live, cached)
@@ -150,10 +158,6 @@ def test_uld_from_the_teacher_cache_equals_the_live_top_k_run(
     ("change", "message"),
     [
         ({"method": {"name": "atkd"}}, "method 'atkd' needs the teacher's and the student's tokenizers"),
-        (
-            {"cache": {"dir": "CACHE"}},
-            "cache.dir with a teacher of another tokenizer serves method 'uld' without",
-        ),
         ({"teacher_chat": None}, "the teacher's tokenizer .* has no chat template"),
     ],
 )
@@ -169,10 +173,6 @@ def test_pairs_that_cannot_run_are_refused_in_one_line(
         (teacher / "tokenizer_config.json").write_text(json.dumps(tok_config))
         (teacher / "chat_template.jinja").unlink(missing_ok=True)
         config["teacher"]["model"] = str(teacher)
-    elif "cache" in change:
-        (tmp_path / "cache").mkdir()
-        config["cache"] = {"dir": str(tmp_path / "cache")}
-        config["method"] = {"name": "forward_kl", "chunk_size": 16}  # a method that can use a cache
     else:
         config.update(change)
     cfg = write_config(tmp_path / "c.yaml", config)

@@ -42,7 +42,7 @@ from kdkit.family.cross_cache import cross_cache_job, cross_provenance, read_cro
 from kdkit.family.on_policy import OnPolicy
 from kdkit.methods import METHODS
 from kdkit.methods.base import LM_TASKS, Batch, LossContext, Resources
-from kdkit.methods.lm_base import LMTaskLoss, cross_cache_refusal, cross_refusal
+from kdkit.methods.lm_base import LMTaskLoss, cross_refusal
 from kdkit.models import (
     LMOutputs,
     build_lm_student,
@@ -432,13 +432,10 @@ def check_cross_config(config: Config, student_tok: Any, teacher_tok: Any, cache
     method = METHODS.get(config.method.name)
     if not getattr(method, "cross_tokenizer", False):
         raise KdkitError(cross_refusal(config.method.name))
-    if cached and not (getattr(method, "spans_only", False) and method.can_use_cache(config.method)):
-        raise KdkitError(cross_cache_refusal(config.method.name))
     if cached and (getattr(config.method, "top_k", None) or config.cache.top_k + 1) > config.cache.top_k:
         note(
-            f"ULD from the teacher cache compares each span's {config.cache.top_k} largest probabilities "
-            "(cache.top_k) exactly and the rest by their mass (method.top_k null is exact only with a live "
-            "teacher)"
+            f"from the teacher cache, each span's {config.cache.top_k} largest teacher probabilities "
+            "(cache.top_k) are compared exactly and the rest by their mass (exact only with a live teacher)"
         )
     for role, tok in (("student", student_tok), ("teacher", teacher_tok)):
         require_offsets(tok, role)

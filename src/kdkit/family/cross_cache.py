@@ -4,8 +4,9 @@ positions.
 A same-tokenizer cache holds the teacher's top-k at the student's response positions. Across tokenizers
 the positions differ, so this layout holds, per example, the rows of every teacher position that predicts
 the response (``kdkit.data.lm_cross.teacher_rows``): top-k ids and log-probabilities over the teacher's
-vocabulary and the log-probability of the teacher's own next token, which gives the merge factor of a
-span of several teacher tokens. At training time each aligned span reads the row of its first teacher
+vocabulary, the log-probability of the teacher's own next token, which gives the merge factor of a span of
+several teacher tokens, and the teacher's probability of the tokens both vocabularies share (the hybrid's
+split). At training time each aligned span reads the row of its first teacher
 token and the target log-probabilities of the others (``kdkit.losses.uld.cached_span_teacher``); the
 student's spans come from its own tokenizer, so the rows serve any student whose tokenizer is the one
 recorded. Provenance: the teacher, both tokenizers' fingerprints, the teacher's token ids and response
@@ -14,12 +15,14 @@ starts, k, dtype and temperature.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from torch import nn
 
+from kdkit.align import vocabulary_matches
 from kdkit.config import Config
 from kdkit.data.lm_cross import CrossCollator, CrossDataset, CrossEncoded, teacher_rows
 from kdkit.fingerprint import ids_fingerprint, model_fingerprint, tokenizer_fingerprint
@@ -68,6 +71,7 @@ def cross_cache_job(
     vocab, k = len(teacher_tok), config.cache.top_k
     temperature = float(getattr(config.method, "temperature", 1.0))
     dtype = DTYPES[config.cache.dtype]
+    shared = vocabulary_matches(student_tok, teacher_tok)[1]  # the hybrid's split: its mass per row
 
     def outputs(batch: Batch) -> list[dict[str, torch.Tensor]]:
         inputs = to_device(batch["teacher"], accelerator.device)
@@ -76,7 +80,8 @@ def cross_cache_job(
         positions = torch.arange(inputs["input_ids"].shape[1] - 1)[None]  # (1, T-1) shifted
         mask = (positions >= start[:, None]) & (positions < (start + count)[:, None])  # (B, T-1)
         mask = mask.to(accelerator.device)
-        return topk_examples(out, mask, inputs["input_ids"][:, 1:], vocab, k, temperature, dtype)
+        targets = inputs["input_ids"][:, 1:]
+        return topk_examples(out, mask, targets, vocab, k, temperature, dtype, shared.to(accelerator.device))
 
     meta = {
         "kind": "topk",
@@ -92,5 +97,6 @@ def cross_cache_job(
 def read_cross_cache(cache: TeacherCache, batch: Batch, device: torch.device) -> LMOutputs:
     """The cached teacher rows of a span batch, in example order (``cache.topk``)."""
     top = cache.topk(batch["idx"], row_counts(batch).tolist())
-    top = type(top)(top.indices.to(device), top.logprobs.to(device), top.target_logprobs.to(device), top.tail)
-    return LMOutputs(None, None, None, topk=top)
+    names = ("indices", "logprobs", "target_logprobs", "matched_mass")
+    moved = {name: getattr(top, name).to(device) for name in names if getattr(top, name) is not None}
+    return LMOutputs(None, None, None, topk=replace(top, **moved))

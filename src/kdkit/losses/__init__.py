@@ -13,19 +13,15 @@ from kdkit.losses.divergences import (
 )
 from kdkit.losses.kd import hidden_mse, kd_loss, kd_mse_loss, soft_kl
 from kdkit.losses.relational import aggregate_neighbours, relational_kl, retrieval_augmented, supcon_loss
-from kdkit.losses.uld import (
-    aligned_cross_tokenizer_loss,
-    cached_uld_loss,
-    hybrid_terms,
-    sorted_l1,
-    uld_loss,
-)
+from kdkit.losses.uld import aligned_cross_tokenizer_loss, hybrid_terms, sorted_l1, uld_loss
+from kdkit.losses.uld_cached import cached_hybrid_loss, cached_uld_loss
 
 __all__ = [
     "DIVERGENCES",
     "aggregate_neighbours",
     "aligned_cross_tokenizer_loss",
     "atkd_loss",
+    "cached_hybrid_loss",
     "cached_uld_loss",
     "chunked_atkd_loss",
     "chunked_cross_entropy",

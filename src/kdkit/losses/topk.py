@@ -56,6 +56,7 @@ class TopKTeacher:
     logprobs: Tensor  # (n, k) their log-probabilities at the cache's temperature (any float dtype)
     target_logprobs: Tensor | None = None  # (n,) log-probability of each token's target (ATKD needs it)
     tail: str = "student"  # how the losses spread the dropped mass: "student" or "uniform" (see above)
+    matched_mass: Tensor | None = None  # (n,) cross-tokenizer: the teacher's mass on the shared tokens
 
     def __len__(self) -> int:
         return self.indices.shape[0]

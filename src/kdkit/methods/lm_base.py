@@ -37,7 +37,8 @@ from kdkit.losses.atkd import atkd_loss
 from kdkit.losses.chunked import chunked_atkd_loss, chunked_cross_entropy, chunked_token_loss
 from kdkit.losses.divergences import token_divergence
 from kdkit.losses.topk import topk_atkd_loss, topk_token_loss
-from kdkit.losses.uld import aligned_cross_tokenizer_loss, cached_span_teacher, cached_uld_loss
+from kdkit.losses.uld import aligned_cross_tokenizer_loss
+from kdkit.losses.uld_cached import cached_hybrid_loss, cached_span_rows, cached_uld_loss
 from kdkit.methods.base import LM_TASKS, Batch, FinetuneConfig, LossContext, LossOutput, Method
 from kdkit.models.causal_lm import LMOutputs, chunkable, lm_forward
 
@@ -78,14 +79,6 @@ def cross_refusal(name: str) -> str:
     return (
         f"method '{name}' needs the teacher's and the student's tokenizers to be the same; with a teacher of "
         "another tokenizer use method 'uld' or a divergence method (forward_kl, reverse_kl, jsd, skew_kl, tvd)"
-    )
-
-
-def cross_cache_refusal(name: str) -> str:
-    return (
-        f"cache.dir with a teacher of another tokenizer serves method 'uld' without hybrid only; '{name}' "
-        "scores the shared sub-vocabulary, which needs every teacher probability of it, not a top-k: set "
-        "cache.dir: null (live teacher), or method.name: uld with method.hybrid: false"
     )
 
 
@@ -130,9 +123,7 @@ class LMLoss(Method):
         settings = dict(self.cross_settings())
         divergence = settings.pop("divergence")
         if t.topk is not None:
-            if divergence is not None:
-                raise KdkitError(cross_cache_refusal(self.name))
-            return self._cached_cross_loss(s, t, batch, settings.get("top_k"))
+            return self._cached_cross_loss(s, t, batch, {"divergence": divergence, **settings})
         s_vocab = self.vocab_size or _rows(s)
         t_vocab = self.teacher_vocab_size or self.vocab_size or _rows(t)
         s_rows = (s.hidden if s.hidden is not None else s.logits)[:, :-1]  # logits: no plain LM head
@@ -153,28 +144,49 @@ class LMLoss(Method):
         )  # fmt: skip
 
     def _cached_cross_loss(
-        self, s: LMOutputs, t: LMOutputs, batch: Batch, top_k: int | None
+        self, s: LMOutputs, t: LMOutputs, batch: Batch, settings: dict[str, Any]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """ULD over the aligned spans against a teacher cache that holds the teacher's top-k at its own
-        positions (``kdkit.data.lm_cross.teacher_rows``)."""
-        a, c = batch["align"], self.config
-        assert t.topk is not None and t.topk.target_logprobs is not None
+        """ULD, or the hybrid, over the aligned spans against a teacher cache that holds the teacher's top-k
+        at its own positions (``kdkit.family.cross_cache``, ``kdkit.losses.uld_cached``)."""
+        a, c, top = batch["align"], self.config, t.topk
+        assert top is not None and top.target_logprobs is not None
         groups, first = a["teacher_groups"][:, 1:], a["teacher_first"][:, 1:]  # (B, T-1) shifted
         start, count = teacher_rows(a["teacher_start"], batch["teacher"]["attention_mask"].sum(1))
         base = count.cumsum(0) - count  # (B,) each example's first row in the batch's rows
         rows = base[:, None] + torch.arange(groups.shape[1], device=groups.device)[None] - start[:, None]
         num_groups = int(a["num_groups"])
-        logprobs, factors = cached_span_teacher(
-            t.topk.logprobs, t.topk.target_logprobs, groups, first, rows, num_groups
-        )
+        order, factors = cached_span_rows(top.target_logprobs, groups, first, rows, num_groups)
         s_vocab = self.vocab_size or _rows(s)
-        return cached_uld_loss(
-            (s.hidden if s.hidden is not None else s.logits)[:, :-1], s.weight,
-            teacher_logprobs=logprobs, teacher_log_factors=factors,
-            student_targets=batch["student"]["input_ids"][:, 1:], student_groups=a["student_groups"][:, 1:],
-            student_first=a["student_first"][:, 1:], num_groups=num_groups, temperature=c.temperature,
-            top_k=top_k, student_bias=s.bias, student_vocab=s_vocab,
-            chunk_size=max(1, c.chunk_size * 32768 // s_vocab) if c.chunk_size else 1 << 30,
+        student = {
+            "student_hidden": (s.hidden if s.hidden is not None else s.logits)[:, :-1],
+            "student_weight": s.weight, "student_bias": s.bias, "student_vocab": s_vocab,
+            "student_targets": batch["student"]["input_ids"][:, 1:],
+            "student_groups": a["student_groups"][:, 1:], "student_first": a["student_first"][:, 1:],
+            "num_groups": num_groups, "temperature": c.temperature, "top_k": settings.get("top_k"),
+            "teacher_logprobs": top.logprobs.index_select(0, order), "teacher_log_factors": factors,
+            "chunk_size": max(1, c.chunk_size * 32768 // s_vocab) if c.chunk_size else 1 << 30,
+        }  # fmt: skip
+        if settings["divergence"] is None:
+            return cached_uld_loss(**student)
+        if top.matched_mass is None or self.matched is None:
+            raise KdkitError(
+                "the teacher cache has no shared-vocabulary mass (built by an older kdkit, or for one "
+                "tokenizer): rebuild it with `kdkit cache` for the hybrid"
+            )
+        s_ids, t_ids = (x.to(rows.device) for x in self.matched)
+        t_vocab = self.teacher_vocab_size or int(t_ids.max()) + 1
+        to_student = torch.full((t_vocab,), -1, dtype=torch.long, device=rows.device).index_copy(
+            0, t_ids, s_ids
+        )
+        w_m = settings.get("matched_weight")
+        w_m = s_ids.numel() / t_vocab if w_m is None else w_m
+        w_u = settings.get("unmatched_weight")
+        return cached_hybrid_loss(
+            **student, teacher_ids=top.indices.index_select(0, order),
+            teacher_matched_mass=top.matched_mass.index_select(0, order), teacher_to_student=to_student,
+            student_matched=s_ids, divergence=settings["divergence"],
+            divergence_kwargs=settings.get("divergence_kwargs"), matched_weight=w_m,
+            unmatched_weight=1.0 - w_m if w_u is None else w_u,
         )  # fmt: skip
 
     def token_loss(

@@ -11,9 +11,10 @@ of tokens whose strings match in both vocabularies and ULD on the rest, weighted
 ``unmatched_weight`` (null: the matched fraction of the teacher's vocabulary and its complement).
 
 With the teacher's tokenizer the spans are the response tokens one to one: ULD works for any pair.
-From a teacher cache (``kdkit cache``; ULD alone, not the hybrid) the teacher is known by its top-k at each
-position: the k largest entries are compared exactly and the rest by mass, as ``top_k: k`` does live (a
-smaller ``top_k`` compares fewer).
+From a teacher cache (``kdkit cache``) the teacher is known by its top-k at each of its positions: ULD
+compares the k largest entries exactly and the rest by mass, as ``top_k: k`` does live (a smaller ``top_k``
+compares fewer); the hybrid's shared part is coarse-grained to (the shared top-k, one tail class)
+(``kdkit.losses.uld_cached``).
 
 Defaults: temperature 1 and exact sorting (the paper's); ``ce_weight`` 1 (Eq. 6 keeps the CE term);
 ``skip_eos`` false (GOLD's default true drops the EOS span from the ULD term; the CE still trains EOS).
@@ -44,9 +45,7 @@ class ULDConfig(MethodConfig):
     chunk_size: int = 1024  # tokens per chunk at a 32k vocabulary (scaled down for larger ones); 0: all
     top_k: int | None = None  # null: exact sort; k: the k largest exact, the rest by mass (faster)
     hybrid: bool = False  # true: divergence on the shared sub-vocabulary, ULD on the rest (GOLD)
-    divergence: HybridDivergence = (
-        "generalized_jsd"  # hybrid: on the shared sub-vocabulary (GOLD: generalized_jsd)
-    )
+    divergence: HybridDivergence = "generalized_jsd"  # hybrid: on the shared tokens (GOLD's)
     beta: float = 0.5  # generalized_jsd's interpolation weight (GOLD's default)
     matched_weight: float | None = None  # hybrid: weight of the shared-vocabulary divergence; null: adaptive
     unmatched_weight: float | None = None  # hybrid: weight of ULD on the rest; null: 1 - matched_weight
@@ -70,13 +69,7 @@ class ULD(LMLoss):
     Config = ULDConfig
     cross_tokenizer = True
     spans_only = True  # with one tokenizer too: every response token is a span of its own
-    cacheable = True  # ULD alone: the cache keeps the teacher's top-k at its own positions
-
-    @classmethod
-    def can_use_cache(cls, config: MethodConfig) -> bool:
-        """ULD from the teacher's cached top-k (``top_k`` null compares all k the cache holds); the hybrid
-        needs every teacher probability of the shared sub-vocabulary: live teacher only."""
-        return not getattr(config, "hybrid", False)
+    cacheable = True  # the cache keeps the teacher's top-k at its own positions (kdkit.losses.uld_cached)
 
     def token_loss(
         self, s: LMOutputs, t: LMOutputs, targets: Tensor, mask: Tensor

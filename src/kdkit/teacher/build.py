@@ -181,13 +181,19 @@ def to_device(inputs: dict[str, Tensor], device: torch.device) -> dict[str, Tens
 
 
 def topk_rows(
-    out: LMOutputs, mask: Tensor, targets: Tensor, vocab: int, k: int, temperature: float
-) -> tuple[Tensor, Tensor, Tensor]:
+    out: LMOutputs,
+    mask: Tensor,
+    targets: Tensor,
+    vocab: int,
+    k: int,
+    temperature: float,
+    mass_ids: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Top-k ids (n, k) int32, their log-probs (n, k) float32 and the targets' log-probs (n,) of the
     counted tokens (row-major), on the CPU; the LM head runs on ``_ROWS`` tokens at a time."""
     rows = (out.hidden if out.hidden is not None else out.logits)[:, :-1][mask]  # (n, D) or (n, V')
     g = targets[mask]
-    ids, values, target = [], [], []
+    ids, values, target, mass = [], [], [], []
     for start in range(0, rows.shape[0], _ROWS):
         part = rows[start : start + _ROWS].float()
         if out.hidden is not None:
@@ -197,26 +203,40 @@ def topk_rows(
         ids.append(top.indices.int().cpu())
         values.append(top.values.cpu())
         target.append(lp.gather(-1, g[start : start + _ROWS, None]).squeeze(-1).cpu())
+        if mass_ids is not None:  # the probability of a sub-vocabulary (the tokens another tokenizer shares)
+            mass.append(lp.index_select(-1, mass_ids).exp().sum(-1).cpu())
+    matched = None if mass_ids is None else torch.cat(mass) if mass else torch.zeros(0)
     if not ids:
-        return torch.zeros(0, k, dtype=torch.int32), torch.zeros(0, k), torch.zeros(0)
-    return torch.cat(ids), torch.cat(values), torch.cat(target)
+        return torch.zeros(0, k, dtype=torch.int32), torch.zeros(0, k), torch.zeros(0), matched
+    return torch.cat(ids), torch.cat(values), torch.cat(target), matched
 
 
 def topk_examples(
-    out: LMOutputs, mask: Tensor, targets: Tensor, vocab: int, k: int, temperature: float, dtype: torch.dtype
+    out: LMOutputs,
+    mask: Tensor,
+    targets: Tensor,
+    vocab: int,
+    k: int,
+    temperature: float,
+    dtype: torch.dtype,
+    mass_ids: Tensor | None = None,
 ) -> list[dict[str, Tensor]]:
     """``topk_rows`` split per example (row b of ``mask`` (B, T-1)): a causal-LM cache's per-example rows,
-    log-probabilities stored in ``dtype``."""
-    ids, lp, tgt = topk_rows(out, mask, targets, vocab, k, temperature)
+    log-probabilities stored in ``dtype``; with ``mass_ids``, also ``matched_mass`` (rows,) float32."""
+    ids, lp, tgt, mass = topk_rows(out, mask, targets, vocab, k, temperature, mass_ids)
     counts = mask.sum(1).tolist()
-    return [
+    rows = [
         {"indices": a, "logprobs": b.to(dtype), "target_logprobs": c}
         for a, b, c in zip(ids.split(counts), lp.split(counts), tgt.split(counts), strict=True)
     ]
+    if mass is not None:
+        for row, m in zip(rows, mass.split(counts), strict=True):
+            row["matched_mass"] = m
+    return rows
 
 
 def pack_topk(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """A shard's tensors from per-example top-k rows: ``offsets`` (n + 1,) and the rows concatenated."""
     counts = torch.tensor([0] + [r["indices"].shape[0] for r in rows])
-    keys = ("indices", "logprobs", "target_logprobs")
+    keys = [key for key in ("indices", "logprobs", "target_logprobs", "matched_mass") if key in rows[0]]
     return {"offsets": counts.cumsum(0), **{key: torch.cat([r[key] for r in rows]) for key in keys}}

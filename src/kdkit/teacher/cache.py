@@ -18,6 +18,9 @@ Shard tensors:
   int32 token ids, ``logprobs`` (rows, k) in ``dtype`` (16-bit by default): log-probabilities at the
   recorded temperature, i.e. the logits minus the log-normaliser, so the dropped tail mass is
   ``1 - sum(exp(logprobs))``; ``target_logprobs`` (rows,) float32: the target token's log-probability.
+  A span cache of a teacher with another tokenizer (``kdkit.family.cross_cache``) also has
+  ``matched_mass`` (rows,) float32: the teacher's probability of the tokens that the student's vocabulary
+  shares (the hybrid's split).
 
 A build interrupted at any point (even killed with SIGKILL) resumes: shards with a valid checksum are
 kept, temp files of the writes it was killed in are removed. Loading checks the version, every shard's
@@ -169,6 +172,8 @@ class TeacherCache:
         self._check_ids(idx)
         size = int(self.meta["shard_size"])
         parts: dict[str, list[Tensor]] = {"indices": [], "logprobs": [], "target_logprobs": []}
+        if self._handles and "matched_mass" in self._handles[0].keys():  # noqa: SIM118 (safetensors handle)
+            parts["matched_mass"] = []
         for i, count in zip(idx.tolist(), counts, strict=True):
             shard, row = divmod(i, size)
             off = self._offsets[shard]
@@ -185,4 +190,5 @@ class TeacherCache:
             torch.cat(parts["logprobs"]),
             torch.cat(parts["target_logprobs"]),
             tail=self.tail,
+            matched_mass=torch.cat(parts["matched_mass"]) if "matched_mass" in parts else None,
         )

@@ -187,7 +187,7 @@ def test_bad_arguments_are_value_errors() -> None:
 def test_cached_uld_equals_the_live_top_k_loss(top_k: int | None) -> None:
     """From the teacher's top-k log-probabilities at each span's first position and its span factors, the
     cached loss is the live loss with top_k = k (or the smaller top_k); gradients too."""
-    from kdkit.losses.uld import cached_uld_loss
+    from kdkit.losses.uld_cached import cached_uld_loss
 
     g = torch.Generator().manual_seed(5)
     b, ts, tt, d, vs, vt, k = 2, 6, 7, 5, 9, 12, 4
@@ -248,3 +248,57 @@ def test_sorted_l1_with_the_gradient_made_in_forward_equals_autograd_through_sor
     torch.testing.assert_close(out, ref)
     for got, want in zip(torch.autograd.grad((out * w).sum(), [p_raw, log_f]), ref_grads, strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "generalized_jsd"])
+def test_cached_hybrid_is_the_live_hybrid_with_every_token_and_a_lower_bound_with_fewer(
+    divergence: str,
+) -> None:
+    """From a cache that holds every teacher token (k = Vt) the cached hybrid equals the live one, values and
+    gradients; with fewer (k < Vt) each of its terms is a lower bound of the live term (coarse-graining)."""
+    from kdkit.losses.uld_cached import cached_hybrid_loss
+
+    g = torch.Generator().manual_seed(8)
+    b, ts, tt, d, vs, vt = 2, 6, 7, 5, 9, 12
+    hs = torch.randn(b, ts, d, generator=g, requires_grad=True)
+    ws = torch.randn(vs, d, generator=g, requires_grad=True)
+    ht, wt = torch.randn(b, tt, d, generator=g), torch.randn(vt, d, generator=g)
+    s_targets = torch.randint(0, vs, (b, ts), generator=g)
+    t_targets = torch.randint(0, vt, (b, tt), generator=g)
+    s_spans = [[(0, 1), (1, 2), (2, 4), (4, 5)], [(1, 4), (4, 5)]]
+    t_spans = [[(0, 1), (1, 3), (3, 4), (4, 5)], [(0, 1), (1, 3)]]
+    maps, n = _spans(s_spans, t_spans, ts, tt)
+    matched = (torch.tensor([0, 3, 4, 7]), torch.tensor([2, 3, 11, 5]))
+    kw = dict(
+        student_targets=s_targets, student_groups=maps["s"][0], student_first=maps["s"][1], num_groups=n
+    )
+    w = {"matched_weight": 0.3, "unmatched_weight": 0.7}
+    live, live_parts = aligned_cross_tokenizer_loss(
+        hs, ws, ht, wt, teacher_targets=t_targets, teacher_groups=maps["t"][0], teacher_first=maps["t"][1],
+        temperature=1.5, matched=matched, divergence=divergence, chunk_size=3, **w, **kw,
+    )  # fmt: skip
+    (live_grad,) = torch.autograd.grad(live, hs)
+    t_lp = F.log_softmax((ht @ wt.T) / 1.5, -1)
+    first_rows = torch.stack([t_lp[row, a] for row, spans in enumerate(t_spans) for a, _ in spans])  # (G, Vt)
+    factors = torch.tensor([
+        sum(float(t_lp[row, j, t_targets[row, j]]) for j in range(a + 1, z))
+        for row, spans in enumerate(t_spans) for a, z in spans
+    ])  # fmt: skip
+    to_student = torch.full((vt,), -1, dtype=torch.long).index_copy(0, matched[1], matched[0])
+    mass = first_rows.exp()[:, matched[1]].sum(-1)
+    for k in (vt, 5):
+        top = first_rows.topk(k, dim=-1)
+        cached, parts = cached_hybrid_loss(
+            hs, ws, teacher_ids=top.indices, teacher_logprobs=top.values, teacher_matched_mass=mass,
+            teacher_log_factors=factors, teacher_to_student=to_student, student_matched=matched[0],
+            divergence=divergence, temperature=1.5, chunk_size=3, **w, **kw,
+        )  # fmt: skip
+        if k == vt:
+            assert float(cached.detach()) == pytest.approx(float(live.detach()), rel=1e-5)
+            for key in ("uld", "matched"):
+                assert float(parts[key]) == pytest.approx(float(live_parts[key]), rel=1e-5, abs=1e-7)
+            (grad,) = torch.autograd.grad(cached, hs)
+            torch.testing.assert_close(grad, live_grad, rtol=1e-4, atol=1e-6)
+        else:
+            for key in ("uld", "matched"):
+                assert float(parts[key]) <= float(live_parts[key]) + 1e-6
