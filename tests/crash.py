@@ -45,7 +45,12 @@ def start(args: list[str], delay: float, logs: Path) -> subprocess.Popen[bytes]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "stdout.txt", "wb") as out, open(logs / "stderr.txt", "wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "tests.crash", *args], stdout=out, stderr=err, env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.crash", *args], stdout=out, stderr=err, env=env,
+            # a shell that runs the tests in the background ignores SIGINT, and children inherit that: the
+            # child gets the default back, so Python installs its Ctrl-C handler as it would in a terminal
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
 
 
 def kill_when(
