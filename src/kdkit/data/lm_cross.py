@@ -11,7 +11,7 @@ as ``encode_lm`` cuts it) and its first token has a predicting position on both 
 A batch (``CrossCollator``) carries, beside the student's usual entries, the teacher's own
 ``{"input_ids", "attention_mask"}`` and an ``"align"`` dict of (B, T_side) tensors, unshifted like the
 labels: ``*_groups`` (the batch-wide span id of each response token, -1 elsewhere) and ``*_first`` (True
-on each span's first token), for both sides, ``num_groups``, and ``teacher_start`` (B,): the position of
+on each span's base token: its first, or its last with ``merge="last"``), for both sides, ``num_groups``, and ``teacher_start`` (B,): the position of
 each example's first teacher response token (a teacher cache holds the rows that predict the response).
 """
 
@@ -132,14 +132,14 @@ class CrossDataset(LMDataset):
 
 
 def _groups(
-    rows: Sequence[Sequence[Span]], length: int, offsets: list[int]
+    rows: Sequence[Sequence[Span]], length: int, offsets: list[int], last: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     groups = torch.full((len(rows), length), -1, dtype=torch.long)
     first = torch.zeros((len(rows), length), dtype=torch.bool)
     for b, spans in enumerate(rows):
         for g, (a, e) in enumerate(spans, start=offsets[b]):
             groups[b, a:e] = g
-            first[b, a] = True
+            first[b, e - 1 if last else a] = True
     return groups, first
 
 
@@ -147,11 +147,16 @@ class CrossCollator(LMCollator):
     """``LMCollator``'s batch with the teacher's own padded ids and the span tensors (module docstring).
 
     ``skip_eos`` drops each example's EOS span (GOLD's ``uld_skip_*_eos``); the student's CE still trains
-    its EOS."""
+    its EOS. ``merge`` names the token whose predicting distribution scores a span of several tokens:
+    ``"first"`` (GOLD's ``"observed"`` rule) or ``"last"`` (GOLD's ``"bayesian"``), see ``kdkit.losses.uld``."""
 
-    def __init__(self, pad_id: int, teacher_pad_id: int, skip_eos: bool = False) -> None:
+    def __init__(
+        self, pad_id: int, teacher_pad_id: int, skip_eos: bool = False, merge: str = "first"
+    ) -> None:
         super().__init__(pad_id)
-        self.teacher_pad_id, self.skip_eos = teacher_pad_id, skip_eos
+        if merge not in ("first", "last"):
+            raise ValueError(f"merge must be 'first' or 'last', got {merge!r}")
+        self.teacher_pad_id, self.skip_eos, self.merge = teacher_pad_id, skip_eos, merge
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         batch = super().__call__(items)
@@ -171,8 +176,9 @@ class CrossCollator(LMCollator):
             t_rows.append(item["teacher_spans"][: len(item["teacher_spans"]) - cut])
         counts = [len(r) for r in s_rows]
         offsets = [sum(counts[:b]) for b in range(len(counts))]
-        s_groups, s_first = _groups(s_rows, batch["labels"].shape[1], offsets)
-        t_groups, t_first = _groups(t_rows, size[1], offsets)
+        last = self.merge == "last"
+        s_groups, s_first = _groups(s_rows, batch["labels"].shape[1], offsets, last)
+        t_groups, t_first = _groups(t_rows, size[1], offsets, last)
         batch["align"] = {
             "student_groups": s_groups,
             "student_first": s_first,

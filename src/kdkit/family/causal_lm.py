@@ -213,9 +213,10 @@ class CausalLMFamily(Family):
                 data.split("validation"), student.tokenizer, config, accelerator
             )
         skip_eos = bool(getattr(config.method, "skip_eos", False))
+        merge = str(getattr(config.method, "merge", "first"))
         return RunData(
             CrossDataset(enc),
-            CrossCollator(student.tokenizer.pad_token_id, teacher.tokenizer.pad_token_id, skip_eos),
+            CrossCollator(student.tokenizer.pad_token_id, teacher.tokenizer.pad_token_id, skip_eos, merge),
             loaders,
             {"train": enc.student.num_truncated},
             same_tokenizer=False,

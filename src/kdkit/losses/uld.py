@@ -10,7 +10,10 @@ when one distribution is a relabelling of the other.
 one token on each side pairs those two predictions. A span of several tokens on one side is merged as
 TRL's GOLD merges it: the distribution predicting the span's first token, scaled by the probabilities that
 the model gave the span's other (actual) tokens, ``p(. | x) * prod_j p(t_j | ...)`` (unnormalised; the
-span's joint probability is right for the actual tokens). Documented in docs/methods.md.
+span's joint probability is right for the actual tokens). Documented in docs/methods.md. The functions
+read the span's *base* position from ``*_first``; marking each span's last token there instead gives
+GOLD's other rule (``"bayesian"``: the distribution predicting the last token, scaled by the
+probabilities of the earlier ones), as ``CrossCollator(merge="last")`` does.
 
 **Hybrid** (as GOLD's): on the sub-vocabulary of tokens whose strings match in both vocabularies, any of
 kdkit's divergences between the two distributions restricted to it (renormalised); ULD on the other

@@ -94,8 +94,9 @@ def cached_uld_loss(
 def cached_span_rows(
     target_logprobs: Tensor, groups: Tensor, first: Tensor, rows: Tensor, num_groups: int
 ) -> tuple[Tensor, Tensor]:
-    """Where each span's cached teacher is: the cache row of its first teacher position (G,), and its log
-    merge factor (G,), the later positions' target log-probabilities summed.
+    """Where each span's cached teacher is: the cache row of its base teacher position (G,, marked in
+    ``first``: the span's first token, or its last under GOLD's other merge rule), and its log merge factor
+    (G,), the other positions' target log-probabilities summed.
 
     ``target_logprobs`` (n,) are the cache's; ``groups``/``first`` (B, T) the teacher's spans (shifted, as
     ``span_log_factors``); ``rows`` (B, T) the cache row of each position (read only where ``groups >= 0``).

@@ -4,7 +4,10 @@ Logit Distillation Loss for LLMs", 2024, arXiv 2402.12030, Eq. 5-6), for a teach
 At each aligned position, the L1 distance between the student's and the teacher's probability vectors
 sorted in descending order (the shorter padded with zeros); the loss is ``CE + lambda * ULD`` (Eq. 6),
 here ``ce_weight * CE + ULD``. Positions are paired through aligned spans (``kdkit.align``); a span of
-several tokens is merged as TRL's GOLD merges it (``kdkit.losses.uld``).
+several tokens is merged as TRL's GOLD merges it (``kdkit.losses.uld``): by default the distribution
+predicting its first token times the probabilities of its later tokens (GOLD's ``"observed"`` rule, with
+the predicting positions); ``merge: last`` takes the distribution predicting its last token times the
+probabilities of its earlier ones (GOLD's ``"bayesian"`` rule).
 
 ``hybrid: true`` is GOLD's hybrid: ``divergence`` (GOLD: generalized JSD, beta 0.5) on the sub-vocabulary
 of tokens whose strings match in both vocabularies and ULD on the rest, weighted by ``matched_weight`` and
@@ -50,6 +53,7 @@ class ULDConfig(MethodConfig):
     matched_weight: float | None = None  # hybrid: weight of the shared-vocabulary divergence; null: adaptive
     unmatched_weight: float | None = None  # hybrid: weight of ULD on the rest; null: 1 - matched_weight
     skip_eos: bool = False  # true: the EOS span is left out of the ULD term (GOLD's default)
+    merge: Literal["first", "last"] = "first"  # a span's distribution: that predicting its first/last token
 
     def __post_init__(self) -> None:
         check_common(self)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from tests.conftest import char_tokenizer, tiny_lm_tokenizer
 from transformers import AutoTokenizer
 
@@ -103,3 +104,21 @@ def test_collated_spans_are_numbered_across_the_batch(pair: tuple[Any, Any], ski
     assert batch["teacher"]["attention_mask"].sum().item() == sum(len(t) for t in enc.teacher_ids)
     assert batch["student"]["input_ids"].shape == batch["labels"].shape
     assert batch["prompts"] == PROMPTS
+
+
+def test_merge_last_marks_each_spans_last_token(pair: tuple[Any, Any]) -> None:
+    chars, words = pair
+    data = CrossDataset(encode_cross(split(), chars, words, 64, 32))
+    items = [data[i] for i in range(len(data))]
+    first = CrossCollator(chars.pad_token_id, words.pad_token_id)(items)["align"]
+    last = CrossCollator(chars.pad_token_id, words.pad_token_id, merge="last")(items)["align"]
+    for side in ("student", "teacher"):
+        groups = first[f"{side}_groups"]
+        assert torch.equal(groups, last[f"{side}_groups"])
+        for g in range(first["num_groups"]):
+            where = (groups == g).nonzero().tolist()  # the span's positions, in order
+            assert first[f"{side}_first"][tuple(where[0])] and last[f"{side}_first"][tuple(where[-1])]
+            assert int(last[f"{side}_first"][groups == g].sum()) == 1
+    assert any(int((first["student_groups"] == g).sum()) > 1 for g in range(first["num_groups"]))
+    with pytest.raises(ValueError, match="merge must be"):
+        CrossCollator(0, 0, merge="middle")

@@ -80,9 +80,10 @@ def test_hybrid_terms_split_matched_and_unmatched() -> None:
     assert bool((m2 >= -1e-9).all())
 
 
-def _spans(student_spans, teacher_spans, ts: int, tt: int):
+def _spans(student_spans, teacher_spans, ts: int, tt: int, last: bool = False):
     """Per side (groups, first), each (B, T), from per-example spans of shifted positions (span ids run over
-    the batch in order, the same on both sides); and the number of spans."""
+    the batch in order, the same on both sides; ``first`` marks each span's base: its first position, or its
+    last with ``last``); and the number of spans."""
     maps = {}
     for side, spans, width in (("s", student_spans, ts), ("t", teacher_spans, tt)):
         groups = torch.full((len(spans), width), -1, dtype=torch.long)
@@ -91,25 +92,30 @@ def _spans(student_spans, teacher_spans, ts: int, tt: int):
         for row, example in enumerate(spans):
             for a, z in example:
                 groups[row, a:z] = g
-                first[row, a] = True
+                first[row, z - 1 if last else a] = True
                 g += 1
         maps[side] = (groups, first)
     return maps, sum(len(x) for x in student_spans)
 
 
 def _aligned_reference(
-    s_logits, t_logits, s_targets, t_targets, s_spans, t_spans, temperature, matched=None, w=None
+    s_logits, t_logits, s_targets, t_targets, s_spans, t_spans, temperature, matched=None, w=None, last=False
 ):
     """GOLD's merge and ULD per span, with a loop: the span's first distribution times the probabilities of
-    its other actual tokens."""
+    its other actual tokens (GOLD's "observed"); with ``last``, its last distribution times the
+    probabilities of its earlier tokens (GOLD's "bayesian")."""
     total, n = 0.0, 0
     s_logits, t_logits = s_logits.detach(), t_logits.detach()
     for row in range(len(s_spans)):
         for (sa, sz), (ta, tz) in zip(s_spans[row], t_spans[row], strict=True):
             ps = F.softmax(s_logits[row].double() / temperature, -1)
             pt = F.softmax(t_logits[row].double() / temperature, -1)
-            p = ps[sa] * math.prod(float(ps[j, s_targets[row, j]]) for j in range(sa + 1, sz))
-            q = pt[ta] * math.prod(float(pt[j, t_targets[row, j]]) for j in range(ta + 1, tz))
+            if last:
+                p = ps[sz - 1] * math.prod(float(ps[j, s_targets[row, j]]) for j in range(sa, sz - 1))
+                q = pt[tz - 1] * math.prod(float(pt[j, t_targets[row, j]]) for j in range(ta, tz - 1))
+            else:
+                p = ps[sa] * math.prod(float(ps[j, s_targets[row, j]]) for j in range(sa + 1, sz))
+                q = pt[ta] * math.prod(float(pt[j, t_targets[row, j]]) for j in range(ta + 1, tz))
             if matched is None:
                 total += float(_sorted_l1_reference(p[None], q[None])[0])
             else:
@@ -121,7 +127,8 @@ def _aligned_reference(
 
 @pytest.mark.parametrize("chunk", [1, 2, 100])
 @pytest.mark.parametrize("hybrid", [False, True])
-def test_aligned_loss_equals_the_plain_reference(chunk: int, hybrid: bool) -> None:
+@pytest.mark.parametrize("last", [False, True], ids=["merge-first", "merge-last"])
+def test_aligned_loss_equals_the_plain_reference(chunk: int, hybrid: bool, last: bool) -> None:
     g = torch.Generator().manual_seed(11)
     b, ts, tt, d, vs, vt = 2, 6, 7, 5, 9, 12
     hs = torch.randn(b, ts, d, generator=g, requires_grad=True)
@@ -132,7 +139,7 @@ def test_aligned_loss_equals_the_plain_reference(chunk: int, hybrid: bool) -> No
     # spans of shifted positions: one-to-one, one-to-two, two-to-one, three-to-one; a position outside any span
     s_spans = [[(0, 1), (1, 2), (2, 4), (4, 5)], [(1, 4), (4, 5)]]
     t_spans = [[(0, 1), (1, 3), (3, 4), (4, 5)], [(0, 1), (1, 3)]]
-    maps, n = _spans(s_spans, t_spans, ts, tt)
+    maps, n = _spans(s_spans, t_spans, ts, tt, last)
     matched = (torch.tensor([0, 3, 4]), torch.tensor([2, 3, 11])) if hybrid else None
     w = (0.3, 0.7)
     loss, parts = aligned_cross_tokenizer_loss(
@@ -141,7 +148,9 @@ def test_aligned_loss_equals_the_plain_reference(chunk: int, hybrid: bool) -> No
         teacher_first=maps["t"][1], num_groups=n, temperature=1.5, chunk_size=chunk, matched=matched,
         matched_weight=w[0] if hybrid else None, unmatched_weight=w[1] if hybrid else None,
     )  # fmt: skip
-    ref = _aligned_reference(hs @ ws.T, ht @ wt.T, s_targets, t_targets, s_spans, t_spans, 1.5, matched, w)
+    ref = _aligned_reference(
+        hs @ ws.T, ht @ wt.T, s_targets, t_targets, s_spans, t_spans, 1.5, matched, w, last
+    )
     assert float(loss.detach()) == pytest.approx(ref, rel=1e-5)
     assert ("matched" in parts) == hybrid
     loss.backward()
@@ -155,7 +164,7 @@ def test_aligned_loss_equals_the_plain_reference(chunk: int, hybrid: bool) -> No
     )  # fmt: skip
     dense.backward()
     torch.testing.assert_close(grad_chunked, hs.grad)
-    assert grad_chunked[0, 3].abs().sum() > 0  # the span's second token feeds the merge factor
+    assert grad_chunked[0, 3 if not last else 2].abs().sum() > 0  # the span's other token: the merge factor
 
 
 def test_one_to_one_spans_are_plain_uld_and_log_factors_are_zero() -> None:
