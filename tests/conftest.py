@@ -109,7 +109,8 @@ def tiny_config(teacher: Path, data: Path, out: Path, **extra: object) -> dict:
     config = {
         "task": "classification",
         "output_dir": str(out),
-        "teacher": {"model": str(teacher), "max_length": 16},
+        # a random tiny teacher: not worth distilling, on purpose (tests/unit/teacher/test_check.py)
+        "teacher": {"model": str(teacher), "max_length": 16, "check": False},
         "student": {"layers": [0, 3], "max_length": 16},
         "data": {"train": str(data), "label_names": ["negative", "positive"], "split": {"validation": 0.25}},
         "method": {"name": "kd"},

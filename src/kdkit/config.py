@@ -82,6 +82,7 @@ class ModelConfig:
     config_overrides: dict[str, Any] = field(default_factory=dict)  # with init=random: e.g. hidden_size
     max_length: int = 128  # tokens per example (longer inputs are truncated and counted)
     finetune: TrainConfig | None = None  # teacher only: fine-tune on the task first (cached in KDKIT_HOME)
+    check: bool = True  # teacher only: refuse to distil a teacher not clearly above the majority class
 
     def __post_init__(self) -> None:
         if self.layers is not None and self.num_layers is not None:

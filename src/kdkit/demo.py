@@ -52,6 +52,7 @@ DEMO_CONFIG: dict[str, Any] = {
 
 QUICK = [
     "teacher.finetune.max_steps=8",
+    "teacher.check=false",  # 8 fine-tuning steps: a smoke test of the pipeline, not a teacher worth distilling
     "train.max_steps=8",
     "data.max_train_samples=512",
     "data.max_eval_samples=128",

@@ -24,7 +24,9 @@ from kdkit.models import (
     with_pad_token,
 )
 from kdkit.models.load import check_label_space, encoder_depth_check
+from kdkit.runtime import make_accelerator
 from kdkit.teacher.cache import META, TeacherCache
+from kdkit.teacher.finetuned import teacher_cache_dir
 
 
 def _check_model(
@@ -69,6 +71,11 @@ def validate(source: Config | dict[str, Any] | str | Path, overrides: list[str] 
             "warning: the teacher has no trained head: `kdkit distill` needs teacher.finetune or a fine-tuned "
             "teacher (`kdkit finetune` accepts it as is)"
         )
+    trained = _trained_teacher(config, teacher_cfg)
+    if trained is not None and (
+        line := family.check_teacher(config, config.train, data, trained, make_accelerator(config))
+    ):
+        lines.append(line)  # a teacher not clearly above the majority class raises here
     student = config.student
     if student.model:
         line, student_cfg = _check_model("student", student.model, config, data.label_names)
@@ -79,6 +86,17 @@ def validate(source: Config | dict[str, Any] | str | Path, overrides: list[str] 
     if student_cfg is not None:
         _check_student(student_cfg, student)
     return lines + _artifact_lines(config)
+
+
+def _trained_teacher(config: Config, teacher_cfg: Any | None) -> str | None:
+    """The teacher to check before distilling, when it is already trained: the fine-tuned one kdkit keeps
+    (``teacher.finetune``, once it exists), or the configured model when it has a trained head."""
+    if not config.teacher.check or teacher_cfg is None:
+        return None
+    if config.teacher.finetune is not None:
+        kept = teacher_cache_dir(config)
+        return str(kept) if (kept / "metrics.json").is_file() else None
+    return str(config.teacher.model) if has_trained_head(teacher_cfg) else None
 
 
 def _check_student(model_config: Any, student: Any) -> None:

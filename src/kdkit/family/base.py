@@ -148,6 +148,13 @@ class Family(ABC):
     def best_metric(self, train: TrainConfig, task: str) -> str:
         """The validation metric that picks the best checkpoint."""
 
+    def check_teacher(
+        self, config: Config, train: TrainConfig, data: Any, teacher: str, accelerator: Accelerator
+    ) -> str | None:
+        """Before distilling: one line on whether ``teacher`` is worth it (``kdkit.teacher.check``), or None
+        when there is nothing to check; raises ``KdkitError`` when it is not. Default: nothing to check."""
+        return None
+
     @abstractmethod
     def build_student(self, model: ModelConfig, base: str | None, data: Any) -> Student:
         """The model to train, from its own name or cut from ``base`` (the teacher)."""

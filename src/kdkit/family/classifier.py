@@ -35,6 +35,7 @@ from kdkit.models import (
 from kdkit.models.load import load_trained_classifier
 from kdkit.teacher.build import CacheJob, classifier_provenance, open_cache, to_device
 from kdkit.teacher.cache import TeacherCache
+from kdkit.teacher.check import FIX, judge
 
 
 def _loader(
@@ -68,6 +69,35 @@ class ClassifierFamily(Family):
 
     def best_metric(self, train: TrainConfig, task: str = "classification") -> str:
         return train.best_metric or default_best_metric(task)
+
+    def check_teacher(
+        self, config: Config, train: TrainConfig, data: TaskData, teacher: str, accelerator: Accelerator
+    ) -> str | None:
+        """The teacher's validation metric against the majority class / mean predictor (``teacher.check``):
+        from the metrics.json of a teacher kdkit fine-tuned, else by predicting the validation split."""
+        if not config.teacher.check or not data.has("validation"):
+            return None
+        metric, split = self.best_metric(train, config.task), data.split("validation")
+        saved = Path(teacher) / "metrics.json"
+        value = json.loads(saved.read_text()).get("validation", {}).get(metric) if saved.is_file() else None
+        if value is None:
+            model = freeze(load_teacher_classifier(teacher, config.task, data.label_names))
+            tokenizer = load_tokenizer(config.teacher.tokenizer or teacher)
+            dataset = DistillDataset(split, encode(split, tokenizer, config.teacher.max_length), None)
+            collate = Collator(tokenizer.pad_token_id, None, config.task == "regression")
+            loader = _loader(dataset, collate, config.eval.batch_size, accelerator)
+            logits, labels = predict_logits(
+                model.to(accelerator.device), loader, accelerator, desc="teacher check"
+            )
+            value = compute_metrics(config.task, to_predictions(logits, config.task), labels, [metric])[
+                metric
+            ]
+        verdict = judge(config.task, metric, value, np.asarray(split.labels))
+        if verdict is None:
+            return None
+        if not verdict.ok:
+            raise KdkitError(f"{verdict.describe()}: {FIX}")
+        return f"teacher check: {verdict.describe()}"
 
     def build_student(self, model: ModelConfig, base: str | None, data: TaskData) -> Student:
         name = base or model.model

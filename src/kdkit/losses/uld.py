@@ -69,9 +69,23 @@ def sorted_l1(p: Tensor, q: Tensor, top_k: int | None = None) -> Tensor:
         head = (ps - qs).abs().sum(-1)
         rest = (p.sum(-1) - ps.sum(-1)) - (q.sum(-1) - qs.sum(-1))
         return head + rest.abs()
-    ps = F.pad(p.sort(dim=-1, descending=True).values, (0, width - p.shape[-1]))
-    qs = F.pad(q.sort(dim=-1, descending=True).values, (0, width - q.shape[-1]))
-    return (ps - qs).abs().sum(-1)
+    # exact: past the narrower side's entries the wider side's meet the zero padding, so only the wider
+    # side's largest (narrower width) entries need sorting, the rest count by their mass (a partial sort:
+    # about 4x faster than sorting a 262,144-entry row against a 49,152-entry one)
+    k = min(p.shape[-1], q.shape[-1])
+    ps, qs = _descending(p, k), _descending(q, k)
+    rest = _mass_beyond(p, ps) - _mass_beyond(q, qs)
+    return (ps - qs).abs().sum(-1) + rest.abs()
+
+
+def _descending(x: Tensor, k: int) -> Tensor:
+    """(c, k) the k largest entries of each row of ``x``, in descending order (all of them: a full sort)."""
+    return x.sort(dim=-1, descending=True).values if k >= x.shape[-1] else x.topk(k, dim=-1).values
+
+
+def _mass_beyond(x: Tensor, head: Tensor) -> Tensor:
+    """(c,) the mass of ``x``'s rows outside ``head``; exactly 0 when the head holds every entry."""
+    return x.new_zeros(x.shape[0]) if head.shape[-1] >= x.shape[-1] else x.sum(-1) - head.sum(-1)
 
 
 def uld_loss(
@@ -178,7 +192,7 @@ class _SortedL1(torch.autograd.Function):
         top = p.sort(dim=-1, descending=True) if exact else p.topk(width, dim=-1)
         values = F.pad(top.values, (0, width - top.values.shape[-1]))
         diff = values - q_head  # (c, W)
-        rest = (p.sum(-1) - top.values.sum(-1)) - q_rest  # (c,) 0 - q_rest when all of p is in the head
+        rest = (0.0 if exact else p.sum(-1) - top.values.sum(-1)) - q_rest  # (c,) all of p in the head: 0
         signs = rest.sign().to(torch.int8).unsqueeze(-1).expand_as(p).clone()  # (c, Vs) entries past the head
         signs.scatter_(-1, top.indices, diff[:, : top.indices.shape[-1]].sign().to(torch.int8))
         ctx.save_for_backward(signs, f, (signs * p_raw).sum(-1) * f)  # d loss / d log_f = sum(sign * p)
@@ -190,12 +204,16 @@ class _SortedL1(torch.autograd.Function):
         return signs * (grad * f).unsqueeze(-1), d_log_f * grad, None, None
 
 
-def _teacher_head(q: Tensor, top_k: int | None, width: int) -> tuple[Tensor, Tensor]:
-    """(sorted head (c, W), mass beyond it (c,)) of teacher rows ``q`` (c, Vt): all of q padded to ``width``
-    (exact ULD), or its ``top_k`` largest."""
+def _teacher_head(q: Tensor, top_k: int | None, width: int, student_vocab: int) -> tuple[Tensor, Tensor]:
+    """(sorted head (c, W), mass beyond it (c,)) of teacher rows ``q`` (c, Vt): its ``top_k`` largest; or,
+    exact, its ``student_vocab`` largest when the teacher's vocabulary is the larger (the rest meet the
+    student's zero padding: counted by mass, as ``sorted_l1``), else all of q padded to ``width``."""
     if top_k is not None and top_k < width:
         head = q.topk(min(top_k, q.shape[-1]), dim=-1).values
         head = F.pad(head, (0, top_k - head.shape[-1]))
+        return head, q.sum(-1) - head.sum(-1)
+    if q.shape[-1] > student_vocab:
+        head = q.topk(student_vocab, dim=-1).values
         return head, q.sum(-1) - head.sum(-1)
     head = F.pad(q.sort(dim=-1, descending=True).values, (0, width - q.shape[-1]))
     return head, torch.zeros_like(q[:, 0])
@@ -375,7 +393,7 @@ def aligned_cross_tokenizer_loss(
 
         def teacher(a: int, b: int) -> tuple[Tensor, Tensor]:
             q = F.softmax(_chunk_logits(t_rows[a:b].detach(), t_weight, t_bias) / temperature, dim=-1)
-            return _teacher_head(q * t_log_f[a:b].exp().unsqueeze(-1), top_k, width)
+            return _teacher_head(q * t_log_f[a:b].exp().unsqueeze(-1), top_k, width, s_vocab)
 
         total = _uld_chunks(student, teacher, factors["s"], temperature, chunk_size)
         return total / n, {"uld": (total / n).detach()}

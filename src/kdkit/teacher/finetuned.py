@@ -35,7 +35,7 @@ def teacher_cache_key(config: Config) -> str:
     payload = {
         "version": CACHE_VERSION,
         "task": config.task,
-        "teacher": to_dict(config.teacher),
+        "teacher": {k: v for k, v in to_dict(config.teacher).items() if k != "check"},  # not the teacher's
         "data": data,
         "files": files,
         "eval_metrics": config.eval.metrics,

@@ -79,6 +79,8 @@ def run(
     base = _base_model(
         config, job, accelerator, overwrite
     )  # the teacher (fine-tuned first if asked), or None
+    if job.teaches and base and (line := family.check_teacher(config, job.train, data, base, accelerator)):
+        note(line)  # a teacher not worth distilling stops the run here, before the student trains
     if accelerator.is_main_process:
         refuse_foreign_dir(Path(config.output_dir), job.method.run_files)  # before its lock file is made
     lock = dir_lock(Path(config.output_dir), "output dir", wait=wait) if accelerator.is_main_process else None

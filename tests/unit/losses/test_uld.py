@@ -30,6 +30,7 @@ def _probs(rows: int, vocab: int, seed: int, sharp: float = 3.0) -> torch.Tensor
 def test_sorted_l1_equals_the_reference_and_its_identities() -> None:
     p, q = _probs(5, 11, 0), _probs(5, 7, 1)
     torch.testing.assert_close(sorted_l1(p, q), _sorted_l1_reference(p, q))
+    torch.testing.assert_close(sorted_l1(q, p), _sorted_l1_reference(q, p))  # the wider side on either one
     perm = torch.randperm(11, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(sorted_l1(p[:, perm], q), sorted_l1(p, q))  # blind to which token is which
     torch.testing.assert_close(sorted_l1(p, p[:, perm]), torch.zeros(5, dtype=torch.float64))
@@ -239,20 +240,22 @@ def test_cached_uld_equals_the_live_top_k_loss(top_k: int | None) -> None:
 
 
 @pytest.mark.parametrize("top_k", [None, 3, 7, 20])
-def test_sorted_l1_with_the_gradient_made_in_forward_equals_autograd_through_sort(top_k: int | None) -> None:
+@pytest.mark.parametrize(("vs", "vt"), [(9, 14), (14, 9)], ids=["teacher-wider", "student-wider"])
+def test_sorted_l1_with_the_gradient_made_in_forward_equals_autograd_through_sort(
+    top_k: int | None, vs: int, vt: int
+) -> None:
     """``_SortedL1`` (the sorts' gradient kept as int8 signs) against autograd through ``sort``/``topk``:
     the same values and the same gradients for the student's probabilities and its span factor."""
     from kdkit.losses.uld import _SortedL1, _teacher_head
 
     g = torch.Generator().manual_seed(3)
-    vs, vt = 9, 14
     p_raw = F.softmax(torch.randn(5, vs, generator=g, dtype=torch.float64), -1).requires_grad_(True)
     log_f = (-torch.rand(5, generator=g, dtype=torch.float64)).requires_grad_(True)
     q = F.softmax(torch.randn(5, vt, generator=g, dtype=torch.float64), -1) * 0.7
     ref = sorted_l1(p_raw * log_f.exp().unsqueeze(-1), q, top_k)
     w = torch.rand(5, generator=g, dtype=torch.float64)
     ref_grads = torch.autograd.grad((ref * w).sum(), [p_raw, log_f])
-    head, rest = _teacher_head(q, top_k, max(vs, vt))
+    head, rest = _teacher_head(q, top_k, max(vs, vt), vs)
     out = _SortedL1.apply(p_raw, log_f, head, rest)
     torch.testing.assert_close(out, ref)
     for got, want in zip(torch.autograd.grad((out * w).sum(), [p_raw, log_f]), ref_grads, strict=True):
