@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,3 +27,19 @@ def data_root_overrides(data_root: str | None) -> list[str]:
     """``data.root=...`` when a folder of local dataset copies is given (the recipes' ``data.local`` copies
     are read from it); none otherwise (the recipes read their hub sources)."""
     return [f"data.root={data_root}"] if data_root else []
+
+
+def run_children(script: str, variants: list[str]) -> dict[str, dict[str, Any]]:
+    """Each variant measured in a fresh process: ``script`` run again with this command's arguments and
+    ``--child <variant>``, its last line of output a JSON object. A variant that fails is reported (the end
+    of its stderr) and left out."""
+    results = {}
+    for variant in variants:
+        cmd = [sys.executable, script, *sys.argv[1:], "--child", variant]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{variant}: failed\n{proc.stderr[-3000:]}", flush=True)
+            continue
+        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(variant, json.dumps(results[variant]), flush=True)
+    return results

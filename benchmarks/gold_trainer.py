@@ -34,13 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from common import data_root_overrides
+from common import data_root_overrides, run_children
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "dolly_smol10l_from_gemma270m_uld.yaml"
@@ -269,15 +268,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args)))
         return
     print("command:", " ".join(["python", *sys.argv]), flush=True)
-    results = {}
-    for variant in args.variants:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--child", variant]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{variant}: failed\n{proc.stderr[-3000:]}", flush=True)
-            continue
-        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(json.dumps(results[variant]), flush=True)
+    results = run_children(__file__, args.variants)
     print(table(results, args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

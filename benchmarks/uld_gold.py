@@ -30,11 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+from common import run_children
 
 VARIANTS = ["gold", "kdkit", "kdkit top-k"]
 
@@ -153,12 +154,7 @@ def main() -> None:
         return
 
     print("command:", " ".join(["python", *sys.argv]), flush=True)
-    results = {}
-    for variant in args.variants:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--child", variant]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results[variant] = json.loads(out.strip().splitlines()[-1])
-        print(variant, results[variant], flush=True)
+    results = run_children(__file__, args.variants)
     ref = results.get("gold")
     print(
         f"\nULD loss forward + backward, {args.batch_size} x {args.response} response tokens "

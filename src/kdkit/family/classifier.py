@@ -80,18 +80,13 @@ class ClassifierFamily(Family):
         metric, split = self.best_metric(train, config.task), data.split("validation")
         saved = Path(teacher) / "metrics.json"
         value = json.loads(saved.read_text()).get("validation", {}).get(metric) if saved.is_file() else None
-        if value is None:
+        if value is None:  # not fine-tuned by kdkit: run it over the validation split once
             model = freeze(load_teacher_classifier(teacher, config.task, data.label_names))
-            tokenizer = load_tokenizer(config.teacher.tokenizer or teacher)
-            dataset = DistillDataset(split, encode(split, tokenizer, config.teacher.max_length), None)
-            collate = Collator(tokenizer.pad_token_id, None, config.task == "regression")
-            loader = _loader(dataset, collate, config.eval.batch_size, accelerator)
-            logits, labels = predict_logits(
-                model.to(accelerator.device), loader, accelerator, desc="teacher check"
-            )
-            value = compute_metrics(config.task, to_predictions(logits, config.task), labels, [metric])[
-                metric
-            ]
+            loaded = Teacher(teacher, load_tokenizer(config.teacher.tokenizer or teacher), model)
+            label = self.labeller(config, loaded, accelerator)
+            assert label is not None
+            predictions = to_predictions(label(split), config.task)
+            value = compute_metrics(config.task, predictions, split.labels, [metric])[metric]
         verdict = judge(config.task, metric, value, np.asarray(split.labels))
         if verdict is None:
             return None

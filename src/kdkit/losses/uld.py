@@ -62,29 +62,25 @@ def sorted_l1(p: Tensor, q: Tensor, top_k: int | None = None) -> Tensor:
     if p.shape[0] != q.shape[0]:
         raise ValueError(f"sorted_l1 needs as many rows on both sides, got {p.shape[0]} and {q.shape[0]}")
     width = max(p.shape[-1], q.shape[-1])
-    if top_k is not None and top_k < width:
-        k = top_k
-        ps, qs = p.topk(min(k, p.shape[-1]), dim=-1).values, q.topk(min(k, q.shape[-1]), dim=-1).values
-        ps, qs = F.pad(ps, (0, k - ps.shape[-1])), F.pad(qs, (0, k - qs.shape[-1]))
-        head = (ps - qs).abs().sum(-1)
-        rest = (p.sum(-1) - ps.sum(-1)) - (q.sum(-1) - qs.sum(-1))
-        return head + rest.abs()
     # exact: past the narrower side's entries the wider side's meet the zero padding, so only the wider
     # side's largest (narrower width) entries need sorting, the rest count by their mass (a partial sort:
     # about 4x faster than sorting a 262,144-entry row against a 49,152-entry one)
-    k = min(p.shape[-1], q.shape[-1])
-    ps, qs = _descending(p, k), _descending(q, k)
+    k = top_k if top_k is not None and top_k < width else min(p.shape[-1], q.shape[-1])
+    ps, qs = _largest(p, k), _largest(q, k)
     rest = _mass_beyond(p, ps) - _mass_beyond(q, qs)
     return (ps - qs).abs().sum(-1) + rest.abs()
 
 
-def _descending(x: Tensor, k: int) -> Tensor:
-    """(c, k) the k largest entries of each row of ``x``, in descending order (all of them: a full sort)."""
-    return x.sort(dim=-1, descending=True).values if k >= x.shape[-1] else x.topk(k, dim=-1).values
+def _largest(x: Tensor, k: int) -> Tensor:
+    """(c, k) the k largest entries of each row of ``x`` in descending order (all of them, sorted, when
+    k >= its width), padded with zeros to k."""
+    kept = min(k, x.shape[-1])
+    values = x.sort(dim=-1, descending=True).values if kept == x.shape[-1] else x.topk(kept, dim=-1).values
+    return F.pad(values, (0, k - kept))
 
 
 def _mass_beyond(x: Tensor, head: Tensor) -> Tensor:
-    """(c,) the mass of ``x``'s rows outside ``head``; exactly 0 when the head holds every entry."""
+    """(c,) the mass of ``x``'s rows outside ``head`` (``_largest(x, k)``); exactly 0 when it holds every entry."""
     return x.new_zeros(x.shape[0]) if head.shape[-1] >= x.shape[-1] else x.sum(-1) - head.sum(-1)
 
 
@@ -206,17 +202,10 @@ class _SortedL1(torch.autograd.Function):
 
 def _teacher_head(q: Tensor, top_k: int | None, width: int, student_vocab: int) -> tuple[Tensor, Tensor]:
     """(sorted head (c, W), mass beyond it (c,)) of teacher rows ``q`` (c, Vt): its ``top_k`` largest; or,
-    exact, its ``student_vocab`` largest when the teacher's vocabulary is the larger (the rest meet the
-    student's zero padding: counted by mass, as ``sorted_l1``), else all of q padded to ``width``."""
-    if top_k is not None and top_k < width:
-        head = q.topk(min(top_k, q.shape[-1]), dim=-1).values
-        head = F.pad(head, (0, top_k - head.shape[-1]))
-        return head, q.sum(-1) - head.sum(-1)
-    if q.shape[-1] > student_vocab:
-        head = q.topk(student_vocab, dim=-1).values
-        return head, q.sum(-1) - head.sum(-1)
-    head = F.pad(q.sort(dim=-1, descending=True).values, (0, width - q.shape[-1]))
-    return head, torch.zeros_like(q[:, 0])
+    exact, its ``student_vocab`` largest (past them the teacher's entries meet the student's zero padding:
+    counted by mass, as ``sorted_l1``), all of q padded when the student's vocabulary is the larger."""
+    head = _largest(q, top_k if top_k is not None and top_k < width else student_vocab)
+    return head, _mass_beyond(q, head)
 
 
 def _uld_chunks(

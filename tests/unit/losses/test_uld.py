@@ -126,21 +126,31 @@ def _aligned_reference(
     return total / max(n, 1)
 
 
+# spans of shifted positions: one-to-one, one-to-two, two-to-one, three-to-one; a position outside any span
+S_SPANS = [[(0, 1), (1, 2), (2, 4), (4, 5)], [(1, 4), (4, 5)]]
+T_SPANS = [[(0, 1), (1, 3), (3, 4), (4, 5)], [(0, 1), (1, 3)]]
+B, TS, TT, D, VS, VT = 2, 6, 7, 5, 9, 12
+
+
+def _pair(seed: int) -> tuple[torch.Tensor, ...]:
+    """A seeded tiny pair: student hidden states and head (both requiring grad), teacher hidden states and
+    head, both sides' targets (vocabularies 9 and 12), and the generator, for further draws."""
+    g = torch.Generator().manual_seed(seed)
+    hs = torch.randn(B, TS, D, generator=g, requires_grad=True)
+    ws = torch.randn(VS, D, generator=g, requires_grad=True)
+    ht, wt = torch.randn(B, TT, D, generator=g), torch.randn(VT, D, generator=g)
+    s_targets = torch.randint(0, VS, (B, TS), generator=g)
+    t_targets = torch.randint(0, VT, (B, TT), generator=g)
+    return hs, ws, ht, wt, s_targets, t_targets, g
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 100])
 @pytest.mark.parametrize("hybrid", [False, True])
 @pytest.mark.parametrize("last", [False, True], ids=["merge-first", "merge-last"])
 def test_aligned_loss_equals_the_plain_reference(chunk: int, hybrid: bool, last: bool) -> None:
-    g = torch.Generator().manual_seed(11)
-    b, ts, tt, d, vs, vt = 2, 6, 7, 5, 9, 12
-    hs = torch.randn(b, ts, d, generator=g, requires_grad=True)
-    ws = torch.randn(vs, d, generator=g, requires_grad=True)
-    ht, wt = torch.randn(b, tt, d, generator=g), torch.randn(vt, d, generator=g)
-    s_targets = torch.randint(0, vs, (b, ts), generator=g)
-    t_targets = torch.randint(0, vt, (b, tt), generator=g)
-    # spans of shifted positions: one-to-one, one-to-two, two-to-one, three-to-one; a position outside any span
-    s_spans = [[(0, 1), (1, 2), (2, 4), (4, 5)], [(1, 4), (4, 5)]]
-    t_spans = [[(0, 1), (1, 3), (3, 4), (4, 5)], [(0, 1), (1, 3)]]
-    maps, n = _spans(s_spans, t_spans, ts, tt, last)
+    hs, ws, ht, wt, s_targets, t_targets, _ = _pair(11)
+    s_spans, t_spans = S_SPANS, T_SPANS
+    maps, n = _spans(s_spans, t_spans, TS, TT, last)
     matched = (torch.tensor([0, 3, 4]), torch.tensor([2, 3, 11])) if hybrid else None
     w = (0.3, 0.7)
     loss, parts = aligned_cross_tokenizer_loss(
@@ -199,16 +209,9 @@ def test_cached_uld_equals_the_live_top_k_loss(top_k: int | None) -> None:
     cached loss is the live loss with top_k = k (or the smaller top_k); gradients too."""
     from kdkit.losses.uld_cached import cached_uld_loss
 
-    g = torch.Generator().manual_seed(5)
-    b, ts, tt, d, vs, vt, k = 2, 6, 7, 5, 9, 12, 4
-    hs = torch.randn(b, ts, d, generator=g, requires_grad=True)
-    ws = torch.randn(vs, d, generator=g, requires_grad=True)
-    ht, wt = torch.randn(b, tt, d, generator=g), torch.randn(vt, d, generator=g)
-    s_targets = torch.randint(0, vs, (b, ts), generator=g)
-    t_targets = torch.randint(0, vt, (b, tt), generator=g)
-    s_spans = [[(0, 1), (1, 2), (2, 4), (4, 5)], [(1, 4), (4, 5)]]
-    t_spans = [[(0, 1), (1, 3), (3, 4), (4, 5)], [(0, 1), (1, 3)]]
-    maps, n = _spans(s_spans, t_spans, ts, tt)
+    hs, ws, ht, wt, s_targets, t_targets, g = _pair(5)
+    s_spans, t_spans, k = S_SPANS, T_SPANS, 4
+    maps, n = _spans(s_spans, t_spans, TS, TT)
     kw = dict(
         student_targets=s_targets, student_groups=maps["s"][0], student_first=maps["s"][1], num_groups=n
     )
@@ -270,16 +273,9 @@ def test_cached_hybrid_is_the_live_hybrid_with_every_token_and_a_lower_bound_wit
     gradients; with fewer (k < Vt) each of its terms is a lower bound of the live term (coarse-graining)."""
     from kdkit.losses.uld_cached import cached_hybrid_loss
 
-    g = torch.Generator().manual_seed(8)
-    b, ts, tt, d, vs, vt = 2, 6, 7, 5, 9, 12
-    hs = torch.randn(b, ts, d, generator=g, requires_grad=True)
-    ws = torch.randn(vs, d, generator=g, requires_grad=True)
-    ht, wt = torch.randn(b, tt, d, generator=g), torch.randn(vt, d, generator=g)
-    s_targets = torch.randint(0, vs, (b, ts), generator=g)
-    t_targets = torch.randint(0, vt, (b, tt), generator=g)
-    s_spans = [[(0, 1), (1, 2), (2, 4), (4, 5)], [(1, 4), (4, 5)]]
-    t_spans = [[(0, 1), (1, 3), (3, 4), (4, 5)], [(0, 1), (1, 3)]]
-    maps, n = _spans(s_spans, t_spans, ts, tt)
+    hs, ws, ht, wt, s_targets, t_targets, _ = _pair(8)
+    s_spans, t_spans = S_SPANS, T_SPANS
+    maps, n = _spans(s_spans, t_spans, TS, TT)
     matched = (torch.tensor([0, 3, 4, 7]), torch.tensor([2, 3, 11, 5]))
     kw = dict(
         student_targets=s_targets, student_groups=maps["s"][0], student_first=maps["s"][1], num_groups=n
@@ -296,16 +292,16 @@ def test_cached_hybrid_is_the_live_hybrid_with_every_token_and_a_lower_bound_wit
         sum(float(t_lp[row, j, t_targets[row, j]]) for j in range(a + 1, z))
         for row, spans in enumerate(t_spans) for a, z in spans
     ])  # fmt: skip
-    to_student = torch.full((vt,), -1, dtype=torch.long).index_copy(0, matched[1], matched[0])
+    to_student = torch.full((VT,), -1, dtype=torch.long).index_copy(0, matched[1], matched[0])
     mass = first_rows.exp()[:, matched[1]].sum(-1)
-    for k in (vt, 5):
+    for k in (VT, 5):
         top = first_rows.topk(k, dim=-1)
         cached, parts = cached_hybrid_loss(
             hs, ws, teacher_ids=top.indices, teacher_logprobs=top.values, teacher_matched_mass=mass,
             teacher_log_factors=factors, teacher_to_student=to_student, student_matched=matched[0],
             divergence=divergence, temperature=1.5, chunk_size=3, **w, **kw,
         )  # fmt: skip
-        if k == vt:
+        if k == VT:
             assert float(cached.detach()) == pytest.approx(float(live.detach()), rel=1e-5)
             for key in ("uld", "matched"):
                 assert float(parts[key]) == pytest.approx(float(live_parts[key]), rel=1e-5, abs=1e-7)
