@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kdkit.align import vocabulary_matches
+from kdkit.assets import asset_path
 from kdkit.config import load_config
 from kdkit.data.lm import load_lm_data
 from kdkit.data.lm_cross import encode_cross
@@ -31,6 +32,8 @@ def test_gemma_teacher_smollm2_student(tmp_path: Path, monkeypatch: pytest.Monke
         "data.max_eval_samples=4", "eval.max_new_tokens=8", "method.top_k=256",
     ]  # fmt: skip
     config = load_config(RECIPE, overrides)
+    for asset in ("smollm2-135m", "gemma3-270m"):  # validate compares converted tokenizers only
+        asset_path(asset)
     lines = validate(config)
     assert any("tokenizers: different" in line and "45,592" in line for line in lines), lines
     student = with_pad_token(load_tokenizer("smollm2-135m"))
