@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from transformers import AutoModelForSequenceClassification
 
 from tests.conftest import tiny_config
@@ -31,6 +32,12 @@ def test_reaugkd_through_the_cli(tiny_teacher: Path, tiny_csv: Path, tmp_path: P
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "reaugkd"
     assert set(metrics["retrieval"]["validation"]) == set(metrics["validation"]) - {"agreement"}
+    chosen = metrics["inference_settings"]  # method.beta: auto (the default), chosen on validation
+    assert chosen["chosen_on"] == "validation" and 0 <= chosen["beta"] <= 1 and chosen["k"] <= 72
+    with_retrieval = metrics["retrieval"]["validation"][chosen["metric"]]
+    assert with_retrieval == pytest.approx(chosen["value"]) and with_retrieval >= chosen["student_alone"]
+    assert chosen["student_alone"] == pytest.approx(metrics["validation"][chosen["metric"]])
+    assert f"| inference settings | {chosen['description']} |" in (out / "README.md").read_text()
     AutoModelForSequenceClassification.from_pretrained(out)  # the student alone loads with transformers
 
     proc = kdkit(
@@ -46,6 +53,10 @@ def test_reaugkd_through_the_cli(tiny_teacher: Path, tiny_csv: Path, tmp_path: P
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert [r["retrieval"] for r in rows] == [True, True]
+    from kdkit.retrieval.predictor import ReAugPredictor
+
+    predictor = ReAugPredictor.from_pretrained(out)  # serves the chosen settings
+    assert (predictor.settings.beta, predictor.settings.k) == (chosen["beta"], chosen["k"])
     assert all(r["label"] in ("negative", "positive") and abs(sum(r["probs"]) - 1) < 1e-4 for r in rows)
 
     # a KB built from other training data is refused with one line

@@ -29,6 +29,15 @@ def evaluate_saved(
     found = run_method(model_dir)
     if found is not None:
         method, method_config = found
-        env = EvalEnv(model, loaders, data, accelerator, config.task, names, model_dir)
+        env = EvalEnv(
+            model,
+            loaders,
+            data,
+            accelerator,
+            config.task,
+            names,
+            model_dir,
+            held_out=loaders.get("validation"),
+        )
         results.update(method.extra_metrics(method_config, env))
     return results

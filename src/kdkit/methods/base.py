@@ -120,6 +120,7 @@ class EvalEnv:
     metric_names: list[str]
     run_dir: Path
     resources: Resources | None = None
+    held_out: DataLoader | None = None  # the validation split, for settings chosen on held-out data
 
 
 class Predictor(Protocol):

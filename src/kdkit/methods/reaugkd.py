@@ -19,7 +19,11 @@ Inference (``kdkit.retrieval.predictor``): the student embedding queries the KB 
 neighbours, whose soft labels are averaged with weights softmax(sim / retrieval_tau), and the prediction is
 ``beta * retrieved + (1 - beta) * softmax(student logits)``.
 
-Choices (the short paper does not pin them; all configurable): beta 0.5 (the paper's default), T 2 and
+``beta: auto`` (kdkit's default) chooses beta, ``retrieval_k`` and ``retrieval_tau`` on the validation split
+after training (``kdkit.retrieval.choose``: beta 0 is the student alone, so with retrieval the student is
+never worse on validation); a number fixes beta (0.5 is the paper's value) and uses the configured k and tau.
+
+Choices (the short paper does not pin them; all configurable): T 2 and
 alpha 0.5 as ``kd``, rel_weight 1, tau 0.1 for both similarity softmaxes, k 16 for both, CLS pooling, soft
 labels at temperature 1, projection head trained 5 epochs (batch 512, Adam 1e-3, supcon temperature 0.07 as
 Khosla et al.). Classification only: supervised-contrastive positives need classes.
@@ -36,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from kdkit.config import MethodConfig
-from kdkit.errors import KdkitError
+from kdkit.errors import KdkitError, note
 from kdkit.fingerprint import split_fingerprint
 from kdkit.losses import kd_loss, relational_kl
 from kdkit.methods.base import (
@@ -52,9 +56,16 @@ from kdkit.methods.base import (
 )
 from kdkit.models.pooling import pooled_embedding
 from kdkit.retrieval.build import train_neighbours
+from kdkit.retrieval.choose import choose_settings
 from kdkit.retrieval.command import KB_COMMAND
 from kdkit.retrieval.kb import KnowledgeBase
-from kdkit.retrieval.predictor import ReAugPredictor, RetrievalSettings, evaluate_with_retrieval
+from kdkit.retrieval.predictor import (
+    ReAugPredictor,
+    RetrievalSettings,
+    chosen_settings,
+    evaluate_with_retrieval,
+    student_pass,
+)
 from kdkit.retrieval.resolve import KB_DIR, kb_settings, resolve_kb
 
 
@@ -68,7 +79,8 @@ class ReAugKDConfig(MethodConfig):
     rel_weight: float = 1.0  # weight of the relational loss L_rel
     tau: float = 0.1  # temperature of the similarity softmaxes P_TT and P_ST
     k: int = 16  # KB neighbours per example in L_rel's candidate set (the batch is added)
-    beta: float = 0.5  # inference: weight of the retrieved soft labels (1 - beta: the student's)
+    beta: float | Literal["auto"] = "auto"  # inference: weight of the retrieved soft labels; auto: chosen
+
     retrieval_k: int = 16  # inference: neighbours retrieved per query
     retrieval_tau: float = 0.1  # inference: neighbour weights softmax(sim / retrieval_tau)
     pooling: Literal["cls", "mean"] = "cls"  # embedding of an example: first token, or masked mean
@@ -88,8 +100,8 @@ class ReAugKDConfig(MethodConfig):
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise KdkitError(f"config key 'method.alpha' must be in [0, 1], got {self.alpha}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise KdkitError(f"config key 'method.beta' must be in [0, 1], got {self.beta}")
+        if self.beta != "auto" and not 0.0 <= self.beta <= 1.0:
+            raise KdkitError(f"config key 'method.beta' must be in [0, 1] or auto, got {self.beta}")
         for key in (
             "temperature",
             "tau",
@@ -105,6 +117,27 @@ class ReAugKDConfig(MethodConfig):
                 raise KdkitError(f"config key 'method.{key}' must be >= 1, got {getattr(self, key)}")
         if self.rel_weight < 0:
             raise KdkitError(f"config key 'method.rel_weight' must be >= 0, got {self.rel_weight}")
+
+
+def _choose(config: ReAugKDConfig, kb: KnowledgeBase, env: EvalEnv) -> dict[str, Any]:
+    """``beta: auto``: settings chosen on the validation split (``kdkit.retrieval.choose``); without one,
+    the paper's beta 0.5 and the configured k and tau, said so (a trained student is never lost to this)."""
+    if env.held_out is None:
+        note("method.beta: auto found no validation split to choose on; using beta 0.5 (the paper's)")
+        return {
+            "beta": 0.5,
+            "k": config.retrieval_k,
+            "tau": config.retrieval_tau,
+            "chosen_on": None,
+            "description": f"beta 0.5 (the paper's), k {config.retrieval_k}, tau {config.retrieval_tau:g}: "
+            "not chosen, the run had no validation split",
+        }
+    logits, emb, labels, _ = student_pass(
+        env.student, env.held_out, env.accelerator, config.pooling, "choose retrieval settings"
+    )
+    choice = choose_settings(logits, emb, labels, kb, env.task, env.metric_names[0])
+    note(f"retrieval settings: {choice.describe()}")
+    return choice.as_dict()
 
 
 def candidates(idx: Tensor, neighbours: Tensor) -> tuple[Tensor, Tensor]:
@@ -186,11 +219,15 @@ class ReAugKD(Method):
                     "split 'train' differs from the data the knowledge base was built from, so each "
                     "example's own KB entry cannot be excluded; evaluate with the run's own config"
                 )
-        settings = RetrievalSettings.of_method(config)
+        chosen = None
+        if config.beta == "auto":
+            chosen = chosen_settings(env.run_dir) if env.resources is None else None  # `kdkit eval`: stored
+            chosen = chosen or _choose(config, kb, env)
+        settings = RetrievalSettings.of_method(config, chosen)
         metrics = evaluate_with_retrieval(
             env.student, kb, env.loaders, env.accelerator, settings, env.task, env.metric_names
         )
-        return {"retrieval": metrics}
+        return {"retrieval": metrics, **({"inference_settings": chosen} if chosen else {})}
 
     def save_files(self, out_dir: Path) -> None:
         """The KB beside the student (already there unless it was given as ``method.kb`` elsewhere)."""

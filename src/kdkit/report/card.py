@@ -165,6 +165,9 @@ def render_card(config: Config, metrics: dict[str, Any], out: Path) -> str:
     ]
     if kind == "distill":
         rows.append(("method settings", ", ".join(f"{k}={v}" for k, v in method_settings.items()) or "-"))
+    chosen = metrics.get("inference_settings")
+    if isinstance(chosen, dict) and chosen.get("description"):  # settings the method chose after training
+        rows.append(("inference settings", str(chosen["description"])))
     train = config.teacher.finetune if which == "teacher" and config.teacher.finetune else config.train
     rows.append(
         (

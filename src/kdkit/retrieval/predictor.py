@@ -8,6 +8,7 @@ still loads with ``transformers``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,18 +40,40 @@ class RetrievalSettings:
     pooling: Pooling = "cls"
 
     @classmethod
-    def of_method(cls, method: Any) -> RetrievalSettings:
-        """The inference settings of a ``reaugkd`` method config."""
-        return cls(method.beta, method.retrieval_k, method.retrieval_tau, method.pooling)
+    def of_method(cls, method: Any, chosen: dict[str, Any] | None = None) -> RetrievalSettings:
+        """The inference settings of a ``reaugkd`` method config; with ``beta: auto``, the ``chosen`` ones
+        (``kdkit.retrieval.choose``: beta, k, tau)."""
+        if method.beta != "auto":
+            return cls(method.beta, method.retrieval_k, method.retrieval_tau, method.pooling)
+        if not chosen:
+            raise KdkitError(
+                "method.beta is auto but no settings were chosen yet (they are chosen on the validation split "
+                "at the end of training); pass beta explicitly"
+            )
+        return cls(float(chosen["beta"]), int(chosen["k"]), float(chosen["tau"]), method.pooling)
 
     @classmethod
     def of_run(cls, run_dir: str | Path) -> RetrievalSettings:
-        """The settings of a ReAugKD run dir (its config.yaml), the defaults for other runs."""
+        """The settings of a ReAugKD run dir (its config.yaml, and with ``beta: auto`` the settings chosen at
+        the end of training, in metrics.json), the defaults for other runs."""
         saved = Path(run_dir) / "config.yaml"
         method = read_yaml(saved).get("method", {}) if saved.is_file() else {}
         if not isinstance(method, dict) or method.get("name") != "reaugkd":
             return cls()
-        return cls.of_method(resolve_method(method))
+        return cls.of_method(resolve_method(method), chosen_settings(run_dir))
+
+
+def chosen_settings(run_dir: str | Path) -> dict[str, Any] | None:
+    """The inference settings a finished run chose (metrics.json ``inference_settings``), if any."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        found = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise KdkitError(f"{path} is not valid JSON; restore it or re-run the evaluation") from None
+    chosen = found.get("inference_settings") if isinstance(found, dict) else None
+    return chosen if isinstance(chosen, dict) else None
 
 
 def combine(

@@ -157,7 +157,7 @@ def _train(
     metrics.update(family.final_metrics(config, data, trained, student, teacher, run_data, accelerator, out))
     eval_env = EvalEnv(
         trained, family.final_loaders(config, run_data), data, accelerator, config.task,
-        family.metric_names(config, data), out, resources,
+        family.metric_names(config, data), out, resources, run_data.eval_loaders.get("validation"),
     )  # fmt: skip
     metrics.update(job.method.extra_metrics(job.method_config, eval_env))
     if accelerator.is_main_process:
