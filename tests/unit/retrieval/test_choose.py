@@ -32,7 +32,9 @@ def _data(n: int = 120, kb_size: int = 80, d: int = 8, seed: int = 0) -> tuple:
 
 
 def _accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    return compute_metrics("classification", probs.argmax(-1).numpy(), labels.numpy(), ["accuracy"])["accuracy"]
+    return compute_metrics("classification", probs.argmax(-1).numpy(), labels.numpy(), ["accuracy"])[
+        "accuracy"
+    ]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -54,15 +56,23 @@ def test_the_choice_is_the_best_of_a_plain_grid_search(seed: int) -> None:
 def test_retrieval_that_only_hurts_keeps_the_student_alone() -> None:
     logits, queries, labels, kb = _data()
     logits = 5.0 * torch.nn.functional.one_hot(labels, 2).float()  # a perfect student
-    wrong = KnowledgeBase(kb.keys, kb.soft_labels.flip(-1), kb.projection)  # every neighbour says the opposite
+    wrong = KnowledgeBase(
+        kb.keys, kb.soft_labels.flip(-1), kb.projection
+    )  # every neighbour says the opposite
     choice = choose_settings(logits, queries, labels, wrong, "classification", "accuracy")
-    assert (choice.beta, choice.k, choice.tau) == (0.0, 16, 0.1) and choice.value == choice.student_alone == 1.0
+    assert (choice.beta, choice.k, choice.tau) == (
+        0.0,
+        16,
+        0.1,
+    ) and choice.value == choice.student_alone == 1.0
 
 
 def test_retrieval_that_helps_is_taken() -> None:
     logits, queries, labels, kb = _data()
     exact = KnowledgeBase(
-        torch.nn.functional.normalize(queries, dim=-1), torch.nn.functional.one_hot(labels, 2).float(), kb.projection
+        torch.nn.functional.normalize(queries, dim=-1),
+        torch.nn.functional.one_hot(labels, 2).float(),
+        kb.projection,
     )  # each query's own label stored under its own key
     choice = choose_settings(torch.zeros_like(logits), queries, labels, exact, "classification", "accuracy")
     assert choice.beta > 0 and choice.value == 1.0 and choice.student_alone < 1.0
