@@ -140,11 +140,9 @@ def main() -> None:
     from kdkit.cli import _quiet_libraries
     from kdkit.commands.cache import build_cache_for_config
     from kdkit.config import load_config
-    from kdkit.data.lm import load_lm_data
-    from kdkit.data.lm_encode import encode_prompts
-    from kdkit.demo_lm import _before
+    from kdkit.demo_lm import _before, generation_prompts
     from kdkit.eval.generation_speed import greedy_tokens_per_second
-    from kdkit.models import load_causal_lm, load_tokenizer
+    from kdkit.models import load_causal_lm
     from kdkit.train.run import distill
 
     _quiet_libraries()
@@ -175,12 +173,7 @@ def main() -> None:
             distill(config, resume=True)
 
     config = load_config(CONFIG, base)
-    tokenizer = load_tokenizer(config.teacher.model)
-    split = load_lm_data(config.data).split("validation")
-    prompt_len = config.student.max_length - config.eval.max_new_tokens
-    prompts = encode_prompts(
-        split.prompts[: args.gen_prompts], tokenizer, prompt_len, config.data.chat_template
-    )
+    prompts = generation_prompts(config, args.gen_prompts)
     models = {"teacher": load_causal_lm(config.teacher.model).eval()}
     models.update({f"cut-{k}": load_causal_lm(str(d)).eval() for k, d in runs.items()})
     speed = greedy_tokens_per_second(models, prompts, args.gen_tokens, args.gen_rounds)

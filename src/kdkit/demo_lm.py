@@ -74,14 +74,17 @@ def _before(config: Any) -> tuple[dict[str, float], dict[str, float], int, int]:
     return t, s, count_parameters(teacher), count_parameters(student)
 
 
-def _speeds(config: Config, student_dir: Path, speed: dict[str, int]) -> dict[str, float]:
-    """Greedy tokens/s of the teacher and the trained student on the first dolly valid prompts."""
+def generation_prompts(config: Config, n: int) -> list[list[int]]:
+    """Token ids of the first ``n`` validation prompts, cut as for ROUGE-L (room left for the answer)."""
     tokenizer = load_tokenizer(config.teacher.model)
     split = load_lm_data(config.data).split("validation")
     prompt_len = config.student.max_length - config.eval.max_new_tokens
-    prompts = encode_prompts(
-        split.prompts[: speed["prompts"]], tokenizer, prompt_len, config.data.chat_template
-    )
+    return encode_prompts(split.prompts[:n], tokenizer, prompt_len, config.data.chat_template)
+
+
+def _speeds(config: Config, student_dir: Path, speed: dict[str, int]) -> dict[str, float]:
+    """Greedy tokens/s of the teacher and the trained student on the first dolly valid prompts."""
+    prompts = generation_prompts(config, speed["prompts"])
     models = {"teacher": load_causal_lm(config.teacher.model), "student": load_causal_lm(str(student_dir))}
     return greedy_tokens_per_second(models, prompts, speed["new_tokens"], speed["rounds"])
 

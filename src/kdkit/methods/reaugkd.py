@@ -80,7 +80,6 @@ class ReAugKDConfig(MethodConfig):
     tau: float = 0.1  # temperature of the similarity softmaxes P_TT and P_ST
     k: int = 16  # KB neighbours per example in L_rel's candidate set (the batch is added)
     beta: float | Literal["auto"] = "auto"  # inference: weight of the retrieved soft labels; auto: chosen
-
     retrieval_k: int = 16  # inference: neighbours retrieved per query
     retrieval_tau: float = 0.1  # inference: neighbour weights softmax(sim / retrieval_tau)
     pooling: Literal["cls", "mean"] = "cls"  # embedding of an example: first token, or masked mean
