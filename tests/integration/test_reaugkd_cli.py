@@ -16,7 +16,9 @@ from tests.integration.test_cli_tiny import kdkit, write_config
 def test_reaugkd_through_the_cli(tiny_teacher: Path, tiny_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     method = {"name": "reaugkd", "k": 4, "retrieval_k": 4, "head_epochs": 2}
-    cfg = write_config(tmp_path / "c.yaml", tiny_config(tiny_teacher, tiny_csv, out, method=method))
+    config = tiny_config(tiny_teacher, tiny_csv, out, method=method)
+    config["train"]["best_metric"] = "macro_f1"  # beta: auto chooses by the run's selection metric
+    cfg = write_config(tmp_path / "c.yaml", config)
 
     proc = kdkit("kb", "build", "--config", str(cfg))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -34,10 +36,17 @@ def test_reaugkd_through_the_cli(tiny_teacher: Path, tiny_csv: Path, tmp_path: P
     assert set(metrics["retrieval"]["validation"]) == set(metrics["validation"]) - {"agreement"}
     chosen = metrics["inference_settings"]  # method.beta: auto (the default), chosen on validation
     assert chosen["chosen_on"] == "validation" and 0 <= chosen["beta"] <= 1 and chosen["k"] <= 72
+    assert chosen["metric"] == "macro_f1"
     with_retrieval = metrics["retrieval"]["validation"][chosen["metric"]]
     assert with_retrieval == pytest.approx(chosen["value"]) and with_retrieval >= chosen["student_alone"]
     assert chosen["student_alone"] == pytest.approx(metrics["validation"][chosen["metric"]])
     assert f"| inference settings | {chosen['description']} |" in (out / "README.md").read_text()
+    diagnostics = metrics["retrieval_diagnostics"]["validation"]  # why retrieval helps or hurts
+    assert diagnostics["k"] == chosen["k"] and diagnostics["tau"] == chosen["tau"]
+    assert diagnostics["student_alone"] == pytest.approx(metrics["validation"]["accuracy"])  # in accuracy
+    assert all(
+        0 <= diagnostics[m] <= 1 for m in ("teacher_knn", "student_knn", "agree_teacher", "neighbour_overlap")
+    )
     AutoModelForSequenceClassification.from_pretrained(out)  # the student alone loads with transformers
 
     proc = kdkit(

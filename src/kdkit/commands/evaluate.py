@@ -38,6 +38,7 @@ def evaluate_saved(
             names,
             model_dir,
             held_out=loaders.get("validation"),
+            best_metric=family.best_metric(config.train, config.task),
         )
         results.update(method.extra_metrics(method_config, env))
     return results

@@ -121,6 +121,13 @@ class EvalEnv:
     run_dir: Path
     resources: Resources | None = None
     held_out: DataLoader | None = None  # the validation split, for settings chosen on held-out data
+    teacher: nn.Module | None = None  # the live teacher at the end of training (None in `kdkit eval`)
+    best_metric: str | None = None  # the metric the run selects by (train.best_metric); None: metric_names[0]
+
+    @property
+    def select_metric(self) -> str:
+        """The metric that choices made on held-out data go by."""
+        return self.best_metric if self.best_metric in self.metric_names else self.metric_names[0]
 
 
 class Predictor(Protocol):

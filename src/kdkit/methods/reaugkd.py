@@ -55,9 +55,10 @@ from kdkit.methods.base import (
     Resources,
 )
 from kdkit.models.pooling import pooled_embedding
-from kdkit.retrieval.build import train_neighbours
+from kdkit.retrieval.build import teacher_features, train_neighbours
 from kdkit.retrieval.choose import choose_settings
 from kdkit.retrieval.command import KB_COMMAND
+from kdkit.retrieval.diagnose import retrieval_diagnostics
 from kdkit.retrieval.kb import KnowledgeBase
 from kdkit.retrieval.predictor import (
     ReAugPredictor,
@@ -134,9 +135,25 @@ def _choose(config: ReAugKDConfig, kb: KnowledgeBase, env: EvalEnv) -> dict[str,
     logits, emb, labels, _ = student_pass(
         env.student, env.held_out, env.accelerator, config.pooling, "choose retrieval settings"
     )
-    choice = choose_settings(logits, emb, labels, kb, env.task, env.metric_names[0])
+    choice = choose_settings(logits, emb, labels, kb, env.task, env.select_metric)
     note(f"retrieval settings: {choice.describe()}")
     return choice.as_dict()
+
+
+def _diagnostics(kb: KnowledgeBase, env: EvalEnv, settings: RetrievalSettings) -> dict[str, Any]:
+    """``kdkit.retrieval.diagnose`` on each held-out eval split (not ``train``: its examples are in the KB)
+    at the inference settings, in accuracy: why retrieval helps or hurts, stored in metrics.json."""
+    assert env.teacher is not None
+    out = {}
+    for split, loader in env.loaders.items():
+        if split == "train":
+            continue
+        t_feats, t_logits = teacher_features(env.teacher, loader, env.accelerator, settings.pooling)
+        s_logits, s_emb, labels, _ = student_pass(env.student, loader, env.accelerator, settings.pooling)
+        out[split] = retrieval_diagnostics(
+            kb, t_feats, t_logits, s_emb, s_logits, labels, settings.k, settings.tau, env.task, "accuracy"
+        )
+    return out
 
 
 def candidates(idx: Tensor, neighbours: Tensor) -> tuple[Tensor, Tensor]:
@@ -226,7 +243,12 @@ class ReAugKD(Method):
         metrics = evaluate_with_retrieval(
             env.student, kb, env.loaders, env.accelerator, settings, env.task, env.metric_names
         )
-        return {"retrieval": metrics, **({"inference_settings": chosen} if chosen else {})}
+        found: dict[str, Any] = {"retrieval": metrics}
+        if chosen:
+            found["inference_settings"] = chosen
+        if env.teacher is not None:
+            found["retrieval_diagnostics"] = _diagnostics(kb, env, settings)
+        return found
 
     def save_files(self, out_dir: Path) -> None:
         """The KB beside the student (already there unless it was given as ``method.kb`` elsewhere)."""

@@ -3,7 +3,8 @@
 The paper (Zhang et al., ACL 2023, Section 3) fixes ``beta = 0.5`` for the mix of retrieved soft labels and
 the student's own prediction. With a small student whose embeddings find poor neighbours, a fixed 0.5 can
 make predictions worse than the student alone. So after training, kdkit searches the grid below on the
-validation split and keeps the best settings by the task's first metric:
+validation split and keeps the best settings by the run's selection metric (``train.best_metric``, else
+the task's first metric):
 
 - beta in 0, 0.1, ..., 1 (beta 0 is the student alone, so the choice is never worse than it on validation);
 - retrieval_k in 16, 4, 8, 32, 64 (at most the KB's size);

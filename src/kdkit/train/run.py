@@ -158,6 +158,7 @@ def _train(
     eval_env = EvalEnv(
         trained, family.final_loaders(config, run_data), data, accelerator, config.task,
         family.metric_names(config, data), out, resources, run_data.eval_loaders.get("validation"),
+        teacher.model if teacher is not None else None, family.best_metric(job.train, config.task),
     )  # fmt: skip
     metrics.update(job.method.extra_metrics(job.method_config, eval_env))
     if accelerator.is_main_process:
