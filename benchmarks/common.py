@@ -23,6 +23,14 @@ def mean_sd(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 
+def paired(a: list[float], b: list[float]) -> str:
+    """Mean ± sd of the per-seed differences a - b in points (a, b fractions), and on how many seeds a is
+    ahead: the paired comparison, which seed-to-seed variation shared by both sides does not blur."""
+    d = [100 * (x - y) for x, y in zip(a, b, strict=True)]
+    sd = statistics.stdev(d) if len(d) > 1 else 0.0
+    return f"{statistics.mean(d):+.2f} ± {sd:.2f} ({sum(x > 0 for x in d)}/{len(d)} ahead)"
+
+
 def data_root_overrides(data_root: str | None) -> list[str]:
     """``data.root=...`` when a folder of local dataset copies is given (the recipes' ``data.local`` copies
     are read from it); none otherwise (the recipes read their hub sources)."""

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import data_root_overrides, mean_sd, run_once
+from common import data_root_overrides, mean_sd, paired, run_once
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"sst2": ["accuracy"], "mrpc": ["f1", "accuracy"]}
@@ -96,13 +96,6 @@ def _paper_settings(run: Path, config: Path, overrides: list[str], metrics: list
     return compute_metrics("classification", probs.argmax(-1), test.labels, metrics)
 
 
-def _paired(a: list[float], b: list[float]) -> str:
-    """Mean ± sd of the per-seed differences a - b, in points, and on how many seeds a is ahead."""
-    d = [100 * (x - y) for x, y in zip(a, b, strict=True)]
-    sd = statistics.stdev(d) if len(d) > 1 else 0.0
-    return f"{statistics.mean(d):+.2f} ± {sd:.2f} ({sum(x > 0 for x in d)}/{len(d)} ahead)"
-
-
 def _task(task: str, args: argparse.Namespace, base: list[str], out: Path) -> tuple[list, list, dict]:
     """One task's runs; its rows of the metric and diagnostics tables, and its raw results."""
     from kdkit.train.run import distill, finetune
@@ -145,8 +138,8 @@ def _task(task: str, args: argparse.Namespace, base: list[str], out: Path) -> tu
         auto = [r["retrieval"]["test"][metric] for r in rows["ReAugKD"]]
         lines.append(
             f"| {task.upper()} {metric} | {100 * teacher['test'][metric]:.2f} | {mean_sd(kd)} | "
-            f"{mean_sd(alone)} | {mean_sd(paper)} | {mean_sd(auto)} | {_paired(auto, alone)} | "
-            f"{_paired(auto, kd)} |"
+            f"{mean_sd(alone)} | {mean_sd(paper)} | {mean_sd(auto)} | {paired(auto, alone)} | "
+            f"{paired(auto, kd)} |"
         )
     d = [r["retrieval_diagnostics"]["test"] for r in rows["ReAugKD"]]
     cells = [mean_sd([x[m] for x in d]) for m in ["teacher", "student_alone", *DIAGNOSTICS]]
