@@ -116,6 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command.name, help=command.help)
         command.add_arguments(p)
         p.set_defaults(method_command=command)
+    about = (
+        "serve a causal-LM teacher over HTTP (top-k log-probabilities), so it stays out of training memory"
+    )
+    p = sub.add_parser("teacher", help=about, description=about)
+    teacher_sub = p.add_subparsers(dest="teacher_command", required=True)
+    p = teacher_sub.add_parser("serve", help=about, description=about)
+    p.add_argument("--model", required=True, help="teacher: hub id, local dir or named asset (`kdkit ls`)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8008, help="port (default 8008)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    p.add_argument(
+        "--token-env", default="KDKIT_TEACHER_TOKEN", help="environment variable with the shared token"
+    )
+    p.add_argument("--max-request-tokens", type=int, default=65_536, help="batch x length of one request")
+    p.add_argument("--max-batch-tokens", type=int, default=65_536, help="padded tokens of one forward pass")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a request waits for others")
     p = sub.add_parser(
         "report", help="HTML report of finished runs: teacher-vs-students table, curves, quality vs latency"
     )
@@ -273,6 +292,16 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    from kdkit.teacher.server import Limits, check_bind, load_scorer, serve
+
+    token = os.environ.get(args.token_env) or None
+    check_bind(args.host, token)  # before the teacher loads
+    limits = Limits(args.max_request_tokens, args.max_batch_tokens, batch_wait_ms=args.batch_wait_ms)
+    serve(load_scorer(args.model, args.device, args.dtype), args.host, args.port, limits, token)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "distill": _cmd_run,
     "finetune": _cmd_run,
@@ -283,6 +312,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ls": _cmd_ls,
     "demo": _cmd_demo,
     "report": _cmd_report,
+    "teacher": _cmd_teacher,
 }
 
 
