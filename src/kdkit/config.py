@@ -83,10 +83,17 @@ class ModelConfig:
     max_length: int = 128  # tokens per example (longer inputs are truncated and counted)
     finetune: TrainConfig | None = None  # teacher only: fine-tune on the task first (cached in KDKIT_HOME)
     check: bool = True  # teacher only: refuse to distil a teacher not clearly above the majority class
+    server: str | None = None  # teacher only, causal_lm: URL of `kdkit teacher serve`; weights not loaded
+    server_retry_seconds: float = 300.0  # teacher only: how long training retries an unreachable server
 
     def __post_init__(self) -> None:
         if self.layers is not None and self.num_layers is not None:
             raise KdkitError("set either 'layers' or 'num_layers' for a model, not both")
+        if self.server is not None and not str(self.server).startswith(("http://", "https://")):
+            raise KdkitError(
+                f"teacher.server must be an http:// URL, e.g. http://127.0.0.1:8008, got '{self.server}'"
+            )
+        _check_positive("server_retry_seconds", self.server_retry_seconds)
         if self.num_layers is not None:
             _check_positive("num_layers", self.num_layers)
         if self.layers is not None and (not self.layers or min(self.layers) < 0):

@@ -41,6 +41,7 @@ class Job:
     method: type[Method]
     method_config: MethodConfig
     cached: bool  # the teacher's outputs come from `kdkit cache` (cache.dir), the teacher is never loaded
+    served: bool = False  # ... or from `kdkit teacher serve` (teacher.server), the teacher is never loaded
 
     @property
     def teaches(self) -> bool:
@@ -109,7 +110,8 @@ class Family(ABC):
         else:
             model, train = config.student, config.train
         cached = method.needs_teacher and config.cache.dir is not None
-        return Job(kind, which, model, train, method, method_config, cached)
+        served = method.needs_teacher and which == "student" and config.teacher.server is not None
+        return Job(kind, which, model, train, method, method_config, cached, served)
 
     def check(self, config: Config, job: Job) -> None:
         """Refuse, before anything is loaded, what this family cannot run (the method's own check too)."""
@@ -121,6 +123,20 @@ class Family(ABC):
             )
         if job.cached:
             self.check_cache_use(config, job.method)
+        if job.served:
+            if job.cached:
+                raise KdkitError("set teacher.server or cache.dir, not both: each replaces the live teacher")
+            if config.task != "causal_lm":
+                raise KdkitError(
+                    "teacher.server serves causal-LM teachers; a classifier's teacher runs live or from cache.dir"
+                )
+            # a served teacher answers what a cache holds (no hidden states), also for on-policy samples
+            Family.check_cache_use(self, config, job.method)
+            if config.generation.source == "teacher":
+                raise KdkitError(
+                    "teacher.server scores text, it does not generate: build generation.source: teacher with "
+                    "`kdkit cache` (cache.dir) or the live teacher, or use generation.source: ground_truth"
+                )
 
     def check_cache_use(self, config: Config, method: type[Method]) -> None:
         """Refuse, in one line, the set-ups whose teacher outputs cannot be computed ahead of training."""

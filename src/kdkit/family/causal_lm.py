@@ -123,9 +123,16 @@ class CausalLMFamily(Family):
         same = same_tokenizer(student.tokenizer, tokenizer)
         if not same:  # refused before the teacher's weights are loaded
             check_cross_config(config, student.tokenizer, tokenizer, job.cached)
+        if job.served and not same:
+            raise KdkitError(
+                "teacher.server needs a teacher with the student's tokenizer; for another tokenizer use the live "
+                "teacher or `kdkit cache`"
+            )
         if job.cached and not same:  # the cache holds the teacher's rows at its own positions
             return Teacher(name, tokenizer, None, None, same_tokenizer=False)
-        if job.cached:  # the teacher's weights are never loaded; its tokenizer is checked like a live one's
+        if (
+            job.cached or job.served
+        ):  # the teacher's weights are never loaded; its tokenizer is checked like a live one's
             return Teacher(
                 name, tokenizer, None, check_lm_pair(student.tokenizer, tokenizer, student.model, None)
             )

@@ -10,8 +10,9 @@ ATKD with the dropped mass as one tail class (docs/cache.md).
 - ``GET /info``: model and tokenizer fingerprints (the same as a cache's provenance), vocabulary size,
   limits. A client refuses a server whose fingerprints differ from what its run expects.
 - Requests from several clients that arrive within ``batch_wait_ms`` of each other are scored in one
-  forward pass, up to ``max_batch_tokens`` (padded batch x length), requests of one (k, temperature) at a
-  time; the forward runs in a worker thread, so the server keeps accepting requests meanwhile.
+  forward pass, up to ``max_batch_tokens`` (batch x length), requests of one (k, temperature, length) at a
+  time (none is padded further, so an answer does not depend on the other requests of its pass); the
+  forward runs in a worker thread, so the server keeps accepting requests meanwhile.
 - Bounds: a request over ``max_request_tokens`` tokens or ``max_body_bytes`` bytes gets 413; a malformed
   one 400 with a one-line reason; a missing or wrong token 401.
 - It binds to 127.0.0.1 by default. Any other address needs a shared token (the environment variable
@@ -42,6 +43,8 @@ from kdkit.models.causal_lm import lm_forward
 from kdkit.teacher.build import topk_examples
 from kdkit.teacher.wire import CONTENT_TYPE, IGNORE, PayloadError, TopKRequest, TopKResponse
 from kdkit.version import __version__
+
+OUTSIDE_LOGPROB = -100.0  # the target log-probability of a token outside the real vocabulary
 
 
 @dataclass
@@ -74,13 +77,12 @@ class TopKScorer:
         if req.k > self.vocab:
             raise PayloadError(f"k={req.k} is more than the teacher's vocabulary of {self.vocab} tokens")
         ids, labels = req.input_ids, req.labels
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab):
-            raise PayloadError(
-                f"input_ids must be in [0, {self.vocab}); is the client's tokenizer the teacher's?"
-            )
+        rows = self.model.get_input_embeddings().num_embeddings  # padded rows: a sampled id may land there
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+            raise PayloadError(f"input_ids must be in [0, {rows}); is the client's tokenizer the teacher's?")
         scored = labels != IGNORE
-        if scored.any() and (int(labels[scored].min()) < 0 or int(labels[scored].max()) >= self.vocab):
-            raise PayloadError(f"labels must be -100 or in [0, {self.vocab})")
+        if scored.any() and (int(labels[scored].min()) < 0 or int(labels[scored].max()) >= rows):
+            raise PayloadError(f"labels must be -100 or in [0, {rows})")
         if (scored & (req.attention_mask == 0)).any():
             raise PayloadError("labels score a padded position (attention_mask 0); set those labels to -100")
 
@@ -97,10 +99,14 @@ class TopKScorer:
         mask = torch.cat([pad(r.attention_mask, 0) for r in requests]).to(self.device)
         labels = torch.cat([pad(r.labels, IGNORE) for r in requests])
         targets, scored = shift_labels({"labels": labels})
+        outside = targets >= self.vocab  # a sampled padded-row id: no probability in the real vocabulary
         out = lm_forward(self.model, {"input_ids": ids, "attention_mask": mask}, chunked=True)
         rows = topk_examples(
-            out, scored.to(self.device), targets.to(self.device), self.vocab, k, temperature, torch.float16
-        )
+            out, scored.to(self.device), targets.masked_fill(outside, 0).to(self.device), self.vocab, k,
+            temperature, torch.float16,
+        )  # fmt: skip
+        for row, out_i, scored_i in zip(rows, outside, scored, strict=True):
+            row["target_logprobs"][out_i[scored_i]] = OUTSIDE_LOGPROB
         meta = {
             "model": self.info["model_fingerprint"],
             "tokenizer": self.info["tokenizer_fingerprint"],
@@ -172,16 +178,20 @@ class Batcher:
 
 
 def _groups(batch: list, max_tokens: int) -> list[list]:
-    """Requests of one (k, temperature) together, each group within ``max_tokens`` padded tokens."""
+    """Requests of one (k, temperature, length) together, each group within ``max_tokens`` tokens.
+
+    Only requests of the same length share a pass: no request is padded beyond what its client sent, so a
+    sequence's answer does not depend on which other requests arrived with it (a resumed run gets the
+    answers of an uninterrupted one)."""
     groups: list[list] = []
-    by_key: dict[tuple[int, float], list] = {}
+    by_key: dict[tuple[int, float, int], list] = {}
     for item in batch:
-        by_key.setdefault((item[0].k, item[0].temperature), []).append(item)
+        by_key.setdefault((item[0].k, item[0].temperature, item[0].input_ids.shape[1]), []).append(item)
     for items in by_key.values():
         current: list = []
         for item in items:
             rows = sum(r.input_ids.shape[0] for r, _ in current) + item[0].input_ids.shape[0]
-            length = max([r.input_ids.shape[1] for r, _ in current] + [item[0].input_ids.shape[1]])
+            length = item[0].input_ids.shape[1]
             if current and rows * length > max_tokens:
                 groups.append(current)
                 current = []

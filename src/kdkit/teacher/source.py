@@ -1,10 +1,11 @@
-"""Where the teacher's outputs for a training batch come from: the live teacher, or a cache built ahead
-(`kdkit cache`), read in the shape the method's loss expects. The training loop asks its source once per
-micro-batch and never knows which it has."""
+"""Where the teacher's outputs for a training batch come from: the live teacher, a cache built ahead
+(`kdkit cache`), or a served teacher (`kdkit teacher serve`, ``kdkit.teacher.served``), read in the shape
+the method's loss expects. The training loop asks its source once per micro-batch and never knows which it
+has; it also passes its stream of batches through ``stream``, where a source may look ahead (prefetch)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -20,8 +21,24 @@ class TeacherSource(Protocol):
         """The teacher's outputs for ``batch``, as the method's ``teacher_forward`` would give them."""
         ...
 
+    def stream(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        """The training batches, unchanged and in order (a source may start work on upcoming ones)."""
+        ...
 
-class LiveTeacher:
+    def close(self) -> None:
+        """Release what the source holds (threads, connections) at the end of training."""
+        ...
+
+
+class _NoLookahead:
+    def stream(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        return batches
+
+    def close(self) -> None:
+        return None
+
+
+class LiveTeacher(_NoLookahead):
     """The teacher model itself: frozen, in eval mode, run under no_grad by the method's ``teacher_forward``."""
 
     def __init__(self, model: nn.Module, method: Method, accelerator: Accelerator) -> None:
@@ -33,7 +50,7 @@ class LiveTeacher:
             return self.method.teacher_forward(self.model, batch)
 
 
-class CachedTeacher:
+class CachedTeacher(_NoLookahead):
     """Teacher outputs read from a cache; ``read(cache, batch, device)`` shapes them for the loss (the
     task's family knows how: logits for classifiers, top-k for causal LMs)."""
 

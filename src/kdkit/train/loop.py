@@ -51,6 +51,7 @@ from kdkit.layout import (
     TRAINER_STATE,
 )
 from kdkit.methods.base import Batch, LossOutput, Method
+from kdkit.teacher.client import ServerUnavailable
 from kdkit.teacher.source import TeacherSource
 from kdkit.train.checkpoint import (
     TrainerState,
@@ -253,12 +254,17 @@ def train_loop(
 
     logger = RunLogger(out / "logs", enabled=accelerator.is_main_process, start_step=state.step)
     stream = _batches(loader, sampler, accelerator, start=state.step * cfg.grad_accum)
+    if inputs.teacher is not None:
+        stream = inputs.teacher.stream(stream)  # a served teacher requests the next batches ahead
     params = [p for p in trainee.parameters() if p.requires_grad]
     bar = tqdm(total=total, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
     start_step, t0, stopped = state.step, time.perf_counter(), False
     trainee.train()
     while state.step < total:
-        parts_sum = _accumulate(trainee, inputs, stream, accelerator, cfg.grad_accum, state)
+        try:
+            parts_sum = _accumulate(trainee, inputs, stream, accelerator, cfg.grad_accum, state)
+        except ServerUnavailable as err:  # the served teacher is gone: say where to continue from
+            raise KdkitError(f"{err}; training stopped at step {state.step} ({_last_good(out)})") from None
         if not all(math.isfinite(v) for v in parts_sum.values()):
             raise KdkitError(
                 f"loss is {parts_sum} at step {state.step + 1}; lower train.lr or use mixed_precision=no "
@@ -296,6 +302,8 @@ def train_loop(
             break
     bar.close()
     logger.close()
+    if inputs.teacher is not None:
+        inputs.teacher.close()
     state.train_seconds += time.perf_counter() - t0
     accelerator.wait_for_everyone()
     student = whole_student(accelerator, trainee, inputs.student)

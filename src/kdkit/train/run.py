@@ -30,6 +30,7 @@ from kdkit.methods.base import DataEnv, EvalEnv, PrepareEnv
 from kdkit.models import count_parameters, save_model
 from kdkit.runtime import make_accelerator
 from kdkit.teacher.finetuned import teacher_cache_dir
+from kdkit.teacher.served import ServedTeacher
 from kdkit.teacher.source import CachedTeacher, LiveTeacher, TeacherSource
 from kdkit.train.checkpoint import TrainerState
 from kdkit.train.loop import LoopInputs, train_loop
@@ -204,6 +205,12 @@ def _teacher_source(
         return None
     if job.cached:
         return CachedTeacher(family.open_cache(config, data, teacher, run_data), family.read_cache)
+    if job.served:
+        assert config.teacher.server is not None
+        return ServedTeacher.connect(
+            config.teacher.server, teacher.name, teacher.tokenizer, config.cache.top_k,
+            float(getattr(config.method, "temperature", 1.0)), config.cache.tail, config.teacher.server_retry_seconds,
+        )  # fmt: skip
     assert teacher.model is not None
     return LiveTeacher(teacher.model, method, accelerator)
 

@@ -117,10 +117,17 @@ def test_scorer_refuses_what_the_teacher_cannot_score(scorer: TopKScorer) -> Non
         scorer.check(TopKRequest(req.input_ids, req.attention_mask, labels, 4))
 
 
-def test_requests_group_by_settings_within_the_token_budget() -> None:
-    reqs = [(_request(k=5), i) for i in range(3)] + [(_request(k=7), 9)]
+def test_requests_group_by_settings_and_length_within_the_token_budget() -> None:
+    reqs = [(_request(k=5), i) for i in range(3)] + [(_request(k=7), 9), (_request(k=5, t=8), 8)]
     groups = _groups(reqs, max_tokens=2 * 7 * 2)  # two requests of 2 x 7 tokens fit a pass
-    assert [[tag for _, tag in g] for g in groups] == [[0, 1], [2], [9]]
+    assert [[tag for _, tag in g] for g in groups] == [[0, 1], [2], [9], [8]]
+
+
+def test_an_answer_does_not_depend_on_the_requests_sharing_its_pass(scorer: TopKScorer) -> None:
+    a, b = _request(vocab=scorer.vocab, seed=3), _request(b=3, vocab=scorer.vocab, seed=4)
+    alone, together = scorer.score([a])[0], scorer.score([b, a])[1]
+    assert torch.equal(alone.indices, together.indices) and torch.equal(alone.logprobs, together.logprobs)
+    assert torch.equal(alone.target_logprobs, together.target_logprobs)
 
 
 def test_binding_beyond_this_machine_needs_a_token() -> None:
