@@ -34,6 +34,7 @@ from kdkit.losses.topk import TopKTeacher
 from kdkit.methods.base import Batch
 from kdkit.models.causal_lm import LMOutputs
 from kdkit.teacher.client import TeacherClient
+from kdkit.teacher.vllm_client import VLLMClient
 from kdkit.teacher.wire import TopKResponse
 
 TOKEN_ENV = "KDKIT_TEACHER_TOKEN"
@@ -65,10 +66,21 @@ class ServedTeacher:
     @classmethod
     def connect(
         cls, url: str, teacher_name: str, tokenizer: Any, k: int, temperature: float, tail: str,
-        retry_seconds: float,
+        retry_seconds: float, api: str = "kdkit", server_model: str | None = None,
     ) -> ServedTeacher:  # fmt: skip
-        """A source on the server at ``url``, refused unless it serves ``teacher_name`` with ``tokenizer``."""
-        client = TeacherClient(url, token=os.environ.get(TOKEN_ENV) or None, retry_seconds=retry_seconds)
+        """A source on the server at ``url``, refused unless it serves ``teacher_name`` with ``tokenizer``
+        (``api`` vllm: a vLLM server, ``kdkit.teacher.vllm_client``, checked by tokenizing a probe)."""
+        token = os.environ.get(TOKEN_ENV) or None
+        if api == "vllm":
+            vllm = VLLMClient(url, server_model or teacher_name, token=token, retry_seconds=retry_seconds)
+            if temperature != 1.0:
+                raise KdkitError(
+                    f"teacher.server_api vllm gives log-probabilities at temperature 1; set method.temperature: 1 "
+                    f"(it is {temperature})"
+                )
+            vllm.check_tokenizer(tokenizer)
+            return cls(vllm, k, temperature, tail)
+        client = TeacherClient(url, token=token, retry_seconds=retry_seconds)
         info = client.check(model_fingerprint(teacher_name), tokenizer_fingerprint(tokenizer))
         if k > int(info["vocab_size"]):
             raise KdkitError(

@@ -210,6 +210,7 @@ def _teacher_source(
         return ServedTeacher.connect(
             config.teacher.server, teacher.name, teacher.tokenizer, config.cache.top_k,
             float(getattr(config.method, "temperature", 1.0)), config.cache.tail, config.teacher.server_retry_seconds,
+            config.teacher.server_api, config.teacher.server_model,
         )  # fmt: skip
     assert teacher.model is not None
     return LiveTeacher(teacher.model, method, accelerator)
