@@ -211,7 +211,26 @@ def _artifact_lines(config: Config) -> list[str]:
                 else "logits"
             )
             lines.append(f"teacher cache: {config.cache.dir} ({len(cache)} examples, {what})")
+    if config.teacher.server:
+        lines.append(_server_line(config))
     return lines
+
+
+def _server_line(config: Config) -> str:
+    """Whether the served teacher answers now (one quick try; its fingerprints are checked at run time)."""
+    from kdkit.teacher.client import TeacherClient
+
+    url = str(config.teacher.server)
+    client = TeacherClient(url, retry_seconds=0)
+    if not client.health():
+        return f"warning: teacher.server {url} does not answer now; start `kdkit teacher serve` before distilling"
+    if config.teacher.server_api == "vllm":
+        return f"teacher server: {url} (vLLM, top-{config.cache.top_k})"
+    try:
+        info = client.info()
+    except KdkitError as err:
+        return f"warning: {err}"
+    return f"teacher server: {url} serves {info.get('model')} (vocabulary {info.get('vocab_size')}, top-{config.cache.top_k})"
 
 
 def shipped_configs() -> list[Path]:

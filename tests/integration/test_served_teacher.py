@@ -137,3 +137,16 @@ def test_a_killed_server_stops_training_in_one_line_and_resume_matches(
     metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert metrics["steps"] == 30
     _close(whole.output_dir, tmp_path / "killed", atol=0)
+
+
+def test_validate_says_whether_the_server_answers(
+    served: str, tiny_lm: Path, tiny_jsonl: Path, tmp_path: Path
+) -> None:
+    from kdkit.config import load_config
+    from kdkit.validate import validate
+
+    config = lm_config(tiny_lm, tiny_jsonl, tmp_path / "run")
+    config["teacher"] = {**config["teacher"], "server": served}
+    assert any(line.startswith(f"teacher server: {served} serves") for line in validate(load_config(config)))
+    config["teacher"]["server"] = f"http://127.0.0.1:{_free_port()}"  # nothing there
+    assert any("does not answer now" in line for line in validate(load_config(config)))
