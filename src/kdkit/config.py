@@ -86,9 +86,7 @@ class ModelConfig:
     server: str | None = None  # teacher only, causal_lm: URL of `kdkit teacher serve`; weights not loaded
     server_retry_seconds: float = 300.0  # teacher only: how long training retries an unreachable server
     server_api: Literal["kdkit", "vllm"] = "kdkit"  # teacher only: `kdkit teacher serve`, or vLLM completions
-    server_model: str | None = (
-        None  # teacher only, vllm: the model name the server knows; null: teacher.model
-    )
+    server_model: str | None = None  # teacher only, vllm: the served model name; null: teacher.model
 
     def __post_init__(self) -> None:
         if self.layers is not None and self.num_layers is not None:
