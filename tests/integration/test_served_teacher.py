@@ -98,7 +98,7 @@ def test_a_killed_server_stops_training_in_one_line_and_resume_matches(
     config["teacher"] = {**config["teacher"], "server": url, "server_retry_seconds": 3}
     config["train"] = {
         **config["train"],
-        "max_steps": 50,
+        "max_steps": 30,
         "save_every": 5,
         "log_every": 10,
         "eval_every": None,
