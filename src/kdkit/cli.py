@@ -32,6 +32,7 @@ from kdkit.io import atomic_write_text
 from kdkit.methods import METHODS
 from kdkit.report import LatencySettings, card, write_report
 from kdkit.subcommand import CommandEnv, MethodCommand
+from kdkit.teacher.server import Limits, check_bind, load_scorer, serve
 from kdkit.train.run import distill, finetune, resolve_teacher
 from kdkit.validate import shipped_configs, validate
 
@@ -293,8 +294,6 @@ def _close_progress_bars() -> None:
 
 
 def _cmd_teacher(args: argparse.Namespace) -> int:
-    from kdkit.teacher.server import Limits, check_bind, load_scorer, serve
-
     token = os.environ.get(args.token_env) or None
     check_bind(args.host, token)  # before the teacher loads
     limits = Limits(args.max_request_tokens, args.max_batch_tokens, batch_wait_ms=args.batch_wait_ms)

@@ -26,6 +26,7 @@ from kdkit.models import (
 from kdkit.models.load import check_label_space, encoder_depth_check
 from kdkit.runtime import make_accelerator
 from kdkit.teacher.cache import META, TeacherCache
+from kdkit.teacher.client import TeacherClient
 from kdkit.teacher.finetuned import teacher_cache_dir
 
 
@@ -218,8 +219,6 @@ def _artifact_lines(config: Config) -> list[str]:
 
 def _server_line(config: Config) -> str:
     """Whether the served teacher answers now (one quick try; its fingerprints are checked at run time)."""
-    from kdkit.teacher.client import TeacherClient
-
     url = str(config.teacher.server)
     client = TeacherClient(url, retry_seconds=0)
     if not client.health():

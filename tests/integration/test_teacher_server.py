@@ -133,16 +133,18 @@ def test_a_shared_token_is_required_when_set(tiny_lm: Path) -> None:
         proc.wait()
 
 
-def test_exposing_the_server_without_a_token_is_refused(tiny_lm: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "KDKIT_TEACHER_TOKEN"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "kdkit.cli", "teacher", "serve", "--model", str(tiny_lm), "--host", "0.0.0.0"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "KDKIT_TEACHER_TOKEN" in proc.stderr
+def test_exposing_the_server_without_a_token_is_refused(
+    tiny_lm: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kdkit.cli import main
+
+    monkeypatch.delenv("KDKIT_TEACHER_TOKEN", raising=False)
+    assert main(["teacher", "serve", "--model", str(tiny_lm), "--host", "0.0.0.0"]) == 2  # before loading
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "KDKIT_TEACHER_TOKEN" in err
 
 
+@pytest.mark.slow  # 25 s; training's own kill-and-resume test (test_served_teacher.py) runs by default
 def test_a_killed_server_is_retried_then_named_and_a_restarted_one_serves(tiny_lm: Path) -> None:
     port = _free_port()
     proc = _start(tiny_lm, port)

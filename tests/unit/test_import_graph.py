@@ -12,7 +12,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "kdkit"
 # imports allowed inside functions: heavy or optional, and only needed by one command
-LAZY_OK = {"datasets", "matplotlib", "nltk", "torch.utils.tensorboard"}
+LAZY_OK = {"datasets", "matplotlib", "nltk", "torch.utils.tensorboard", "uvicorn"}
 
 
 def _module_name(path: Path) -> str:

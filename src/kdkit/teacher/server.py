@@ -39,7 +39,8 @@ from starlette.routing import Route
 from kdkit.data.lm_encode import shift_labels
 from kdkit.errors import KdkitError
 from kdkit.fingerprint import model_fingerprint, tokenizer_fingerprint
-from kdkit.models.causal_lm import lm_forward
+from kdkit.models.causal_lm import lm_forward, load_causal_lm, with_pad_token
+from kdkit.models.load import load_tokenizer
 from kdkit.teacher.build import topk_examples
 from kdkit.teacher.wire import CONTENT_TYPE, IGNORE, PayloadError, TopKRequest, TopKResponse
 from kdkit.version import __version__
@@ -289,9 +290,6 @@ def check_bind(host: str, token: str | None) -> None:
 
 def load_scorer(name: str, device: str = "auto", dtype: str = "float32") -> TopKScorer:
     """The teacher ``name`` (asset, local dir or hub id) and its tokenizer, ready to score."""
-    from kdkit.models.causal_lm import load_causal_lm, with_pad_token
-    from kdkit.models.load import load_tokenizer
-
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
         raise KdkitError(f"--dtype must be one of {', '.join(dtypes)}, got '{dtype}'")
