@@ -37,13 +37,15 @@ def data_root_overrides(data_root: str | None) -> list[str]:
     return [f"data.root={data_root}"] if data_root else []
 
 
-def run_children(script: str, variants: list[str]) -> dict[str, dict[str, Any]]:
-    """Each variant measured in a fresh process: ``script`` run again with this command's arguments and
-    ``--child <variant>``, its last line of output a JSON object. A variant that fails is reported (the end
-    of its stderr) and left out."""
+def run_children(
+    script: str, variants: list[str], extra: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each variant measured in a fresh process: ``script`` run again with this command's arguments,
+    ``--child <variant>`` and ``extra``, its last line of output a JSON object. A variant that fails is
+    reported (the end of its stderr) and left out."""
     results = {}
     for variant in variants:
-        cmd = [sys.executable, script, *sys.argv[1:], "--child", variant]
+        cmd = [sys.executable, script, *sys.argv[1:], "--child", variant, *(extra or [])]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{variant}: failed\n{proc.stderr[-3000:]}", flush=True)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import data_root_overrides
+from common import data_root_overrides, run_children
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "dolly_smol20l_from_smol135m_forward_kl.yaml"
@@ -204,15 +204,7 @@ def main() -> None:
     build_cache_for_config(CONFIG, _overrides(args))
     proc, url = _start_server(args)
     try:
-        steps: dict[str, dict[str, Any]] = {}
-        for variant in args.variants:
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--child", variant, "--url", url]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                print(f"{variant}: failed\n{done.stderr[-3000:]}", flush=True)
-                continue
-            steps[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(variant, json.dumps(steps[variant]), flush=True)
+        steps = run_children(__file__, args.variants, ["--url", url])
         load = load_test(url, proc.pid, args) if args.clients else []
     finally:
         proc.kill()
