@@ -35,7 +35,7 @@ from kdkit.models import (
 from kdkit.models.load import load_trained_classifier
 from kdkit.teacher.build import CacheJob, classifier_provenance, open_cache, to_device
 from kdkit.teacher.cache import TeacherCache
-from kdkit.teacher.check import FIX, judge
+from kdkit.teacher.check import FIX, judge, judged_metric
 
 
 def _loader(
@@ -77,7 +77,8 @@ class ClassifierFamily(Family):
         from the metrics.json of a teacher kdkit fine-tuned, else by predicting the validation split."""
         if not config.teacher.check or not data.has("validation"):
             return None
-        metric, split = self.best_metric(train, config.task), data.split("validation")
+        run_metric, split = self.best_metric(train, config.task), data.split("validation")
+        metric = judged_metric(run_metric)
         saved = Path(teacher) / "metrics.json"
         value = json.loads(saved.read_text()).get("validation", {}).get(metric) if saved.is_file() else None
         if value is None:  # not fine-tuned by kdkit: run it over the validation split once
@@ -87,7 +88,8 @@ class ClassifierFamily(Family):
             assert label is not None
             predictions = to_predictions(label(split), config.task)
             value = compute_metrics(config.task, predictions, split.labels, [metric])[metric]
-        verdict = judge(config.task, metric, value, np.asarray(split.labels))
+        instead_of = run_metric if metric != run_metric else None
+        verdict = judge(config.task, metric, value, np.asarray(split.labels), instead_of)
         if verdict is None:
             return None
         if not verdict.ok:

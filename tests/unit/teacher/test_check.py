@@ -11,7 +11,7 @@ import pytest
 
 from kdkit.config import load_config
 from kdkit.errors import KdkitError
-from kdkit.teacher.check import judge
+from kdkit.teacher.check import judge, judged_metric
 from kdkit.train.run import distill
 from kdkit.validate import validate
 from tests.conftest import tiny_config
@@ -76,3 +76,35 @@ def test_a_fine_tuned_teacher_is_judged_by_its_metrics_json(
     config = load_config(raw, ["train.max_steps=1", "train.save_every=null", "train.eval_every=null"])
     distill(config)
     assert "teacher check: the teacher's validation accuracy is 1.0000" in capsys.readouterr().err
+
+
+def test_positive_class_f1_is_judged_by_mcc() -> None:
+    """A teacher that learnt MRPC (accuracy 0.747, MCC 0.42) sits barely above the all-positive predictor's
+    F1 (0.81 with 68% positives): F1 cannot tell it from one that learnt nothing, MCC can."""
+    assert judged_metric("f1") == "mcc" and judged_metric("macro_f1") == "macro_f1"
+    labels = np.array([1] * 251 + [0] * 116)  # 367 pairs, 68.4% positive
+    by_f1 = judge("classification", "f1", 0.8229, labels)
+    assert by_f1 is not None and by_f1.baseline == pytest.approx(2 * 251 / (2 * 251 + 116)) and not by_f1.ok
+    learnt = judge("classification", "mcc", 0.4226, labels, instead_of="f1")
+    assert learnt is not None and learnt.ok and learnt.baseline == 0.0
+    assert learnt.needed == pytest.approx(2 / math.sqrt(367))
+    assert "f1 is judged by mcc" in learnt.describe()
+    nothing = judge("classification", "mcc", 0.05, labels, instead_of="f1")
+    assert nothing is not None and not nothing.ok
+
+
+def test_a_teacher_run_with_best_metric_f1_is_checked_by_its_mcc(
+    tiny_teacher: Path, tiny_csv: Path, tmp_path: Path
+) -> None:
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    for item in tiny_teacher.iterdir():
+        (teacher / item.name).write_bytes(item.read_bytes())
+    raw = tiny_config(teacher, tiny_csv, tmp_path / "run")
+    raw["teacher"]["check"] = True
+    raw["train"]["best_metric"] = "f1"
+    (teacher / "metrics.json").write_text(json.dumps({"validation": {"f1": 0.99, "mcc": 0.0}}))
+    with pytest.raises(KdkitError, match=r"validation mcc is 0\.0000 .*f1 is judged by mcc"):
+        validate(raw)
+    (teacher / "metrics.json").write_text(json.dumps({"validation": {"f1": 0.5, "mcc": 0.99}}))
+    assert any(line.startswith("teacher check: the teacher's validation mcc is 0.9900") for line in validate(raw))
