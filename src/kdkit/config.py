@@ -87,8 +87,11 @@ class ModelConfig:
     server_retry_seconds: float = 300.0  # teacher only: how long training retries an unreachable server
     server_api: Literal["kdkit", "vllm"] = "kdkit"  # teacher only: `kdkit teacher serve`, or vLLM completions
     server_model: str | None = None  # teacher only, vllm: the served model name; null: teacher.model
+    weight: float = 1.0  # teacher only, with `teachers`: this teacher's weight (weights are normalised)
+    combine: Literal["losses", "mixture"] = "losses"  # teacher only, with `teachers`: docs/teachers.md
 
     def __post_init__(self) -> None:
+        _check_positive("weight", self.weight)
         if self.layers is not None and self.num_layers is not None:
             raise KdkitError("set either 'layers' or 'num_layers' for a model, not both")
         if self.server is not None and not str(self.server).startswith(("http://", "https://")):
@@ -118,6 +121,32 @@ class ModelConfig:
             raise KdkitError(
                 "'config_overrides' changes the architecture, so it needs init: random "
                 "(pretrained weights would not fit)"
+            )
+
+
+@dataclass
+class TeacherEntry:
+    """One more teacher beside ``teacher`` (the ``teachers`` list), with the same tokenizer; its outputs come
+    from the live model, a `kdkit cache` dir or a served teacher (docs/teachers.md)."""
+
+    model: str = ""  # hub id, local dir or asset (a cache's or server's teacher is checked against it)
+    weight: float = 1.0  # its weight in the combination (all weights, teacher.weight too, sum to 1)
+    cache: str | None = None  # a `kdkit cache` dir built for this teacher; null (and no server): live
+    server: str | None = None  # causal_lm: URL of `kdkit teacher serve` serving this teacher
+    server_api: Literal["kdkit", "vllm"] = "kdkit"  # with server: `kdkit teacher serve`, or vLLM completions
+    server_model: str | None = None  # with server_api vllm: the served model name; null: model
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise KdkitError("each entry of 'teachers' needs a model (hub id, local dir or asset)")
+        _check_positive("teachers[].weight", self.weight)
+        if self.cache is not None and self.server is not None:
+            raise KdkitError(
+                f"teachers entry '{self.model}': set cache or server, not both (each replaces the live teacher)"
+            )
+        if self.server is not None and not str(self.server).startswith(("http://", "https://")):
+            raise KdkitError(
+                f"teachers entry '{self.model}': server must be an http:// URL, got '{self.server}'"
             )
 
 
@@ -294,6 +323,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # causal_lm: training responses
     cache: CacheConfig = field(default_factory=CacheConfig)  # teacher output cache (`kdkit cache`)
+    teachers: list[TeacherEntry] = field(default_factory=list)  # more teachers, combined (docs/teachers.md)
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, MethodConfig):  # Config(method={"name": ...}) from Python

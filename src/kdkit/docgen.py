@@ -20,6 +20,7 @@ from kdkit.config import (
     GenerationConfig,
     ModelConfig,
     SplitConfig,
+    TeacherEntry,
     TrainConfig,
 )
 from kdkit.methods import METHODS
@@ -35,6 +36,7 @@ SECTIONS: list[tuple[str, type]] = [
     ("eval", EvalConfig),
     ("generation", GenerationConfig),
     ("cache", CacheConfig),
+    ("teachers (each entry)", TeacherEntry),
 ]
 
 

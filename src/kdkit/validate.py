@@ -28,6 +28,7 @@ from kdkit.runtime import make_accelerator
 from kdkit.teacher.cache import META, TeacherCache
 from kdkit.teacher.client import TeacherClient
 from kdkit.teacher.finetuned import teacher_cache_dir
+from kdkit.train.teachers import check_teachers, entry_config
 
 
 def _check_model(
@@ -51,6 +52,8 @@ def validate(source: Config | dict[str, Any] | str | Path, overrides: list[str] 
     lines = [f"config: task={config.task}, method={config.method.name}, output_dir={config.output_dir}"]
     family = family_for(config.task)
     METHODS.get(config.method.name).check(config.method, config.task)
+    job = family.job(config, "distill", "student")
+    check_teachers(config, family, job)  # several teachers: each one's settings, and how they combine
     if family.name == "causal_lm":
         return lines + _validate_lm(config)
     data = load_task_data(config.data, config.task)
@@ -196,7 +199,25 @@ def _artifact_lines(config: Config) -> list[str]:
     """What the run will read ahead of training: the method's own artifacts (e.g. a knowledge base), a
     teacher cache. Each must be sound (version, checksums); whether it matches this run's teacher and data
     is checked at run time."""
-    lines = METHODS.get(config.method.name).describe_artifacts(config.method)
+    lines = METHODS.get(config.method.name).describe_artifacts(config.method) + _source_lines(config)
+    for i, entry in enumerate(config.teachers):
+        where = (
+            f"cache {entry.cache}" if entry.cache else f"server {entry.server}" if entry.server else "live"
+        )
+        lines.append(f"teachers[{i}]: {entry.model} (weight {entry.weight:g}, {where})")
+        lines += [f"teachers[{i}] {line}" for line in _source_lines(entry_config(config, entry))]
+    if config.teachers:
+        total = config.teacher.weight + sum(e.weight for e in config.teachers)
+        lines.append(
+            f"teachers: {len(config.teachers) + 1}, combined by teacher.combine={config.teacher.combine} "
+            f"(teacher.model's share {config.teacher.weight / total:.3g})"
+        )
+    return lines
+
+
+def _source_lines(config: Config) -> list[str]:
+    """The run's teacher cache and server: whether they are there and answer."""
+    lines = []
     if config.cache.dir:
         if not (Path(config.cache.dir) / META).is_file():
             lines.append(

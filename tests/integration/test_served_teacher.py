@@ -150,3 +150,16 @@ def test_validate_says_whether_the_server_answers(
     assert any(line.startswith(f"teacher server: {served} serves") for line in validate(load_config(config)))
     config["teacher"]["server"] = f"http://127.0.0.1:{_free_port()}"  # nothing there
     assert any("does not answer now" in line for line in validate(load_config(config)))
+
+
+def test_a_served_teacher_among_several(served: str, tiny_lm: Path, tiny_jsonl: Path, tmp_path: Path) -> None:
+    """A cached teacher and the same teacher served, weighted 1:3 (``teachers:``), train as the cache alone."""
+    config = lm_config(
+        tiny_lm, tiny_jsonl, tmp_path / "cached", eval={"splits": ["validation"], "rouge": False}
+    )
+    config["cache"] = {"dir": str(tmp_path / "cache"), "top_k": 8}
+    build_cache_for_config(config)
+    cached = distill(config)
+    both = {**config, "output_dir": str(tmp_path / "both")}
+    both["teachers"] = [{"model": str(tiny_lm), "server": served, "weight": 3.0}]
+    _close(cached.output_dir, distill(both).output_dir, atol=1e-5)

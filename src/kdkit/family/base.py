@@ -226,6 +226,11 @@ class Family(ABC):
     def cache_job(self, config: Config, teacher_name: str, accelerator: Accelerator, root: Path) -> CacheJob:
         """What `kdkit cache` runs: the training set as distill tokenizes it, and the teacher's outputs."""
 
+    @abstractmethod
+    def mix_teachers(self, config: Config, outputs: list[Any], weights: list[float]) -> Any:
+        """Several teachers' outputs for a batch as one teacher's: the weighted mixture of their
+        distributions at the method's temperature (``teacher.combine: mixture``, ``kdkit.teacher.ensemble``)."""
+
     # --- training and evaluation ------------------------------------------------------------------------
     def prepare_batch(
         self, config: Config, job: Job, student: Student, run_data: RunData, accelerator: Accelerator

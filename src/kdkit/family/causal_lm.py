@@ -40,6 +40,7 @@ from kdkit.eval.metrics import check_metrics, default_best_metric
 from kdkit.family.base import Family, Job, RunData, Student, Teacher, report_truncation
 from kdkit.family.cross_cache import cross_cache_job, cross_provenance, read_cross_cache
 from kdkit.family.on_policy import OnPolicy
+from kdkit.losses.ensemble import mixture_logits
 from kdkit.methods import METHODS
 from kdkit.methods.base import LM_TASKS, Batch, LossContext, Resources
 from kdkit.methods.lm_base import LMTaskLoss, cross_refusal
@@ -51,6 +52,7 @@ from kdkit.models import (
     count_parameters,
     freeze,
     lm_forward,
+    lm_logits,
     load_causal_lm,
     load_tokenizer,
     with_pad_token,
@@ -281,6 +283,17 @@ class CausalLMFamily(Family):
             top.indices.to(device), top.logprobs.to(device), top.target_logprobs.to(device), top.tail
         )
         return LMOutputs(None, None, None, topk=top)
+
+    def mix_teachers(self, config: Config, outputs: list[LMOutputs], weights: list[float]) -> LMOutputs:
+        if any(out.topk is not None for out in outputs):  # refused before training (kdkit.family.base)
+            raise KdkitError(
+                "teacher.combine: mixture needs every teacher's full distribution (live teachers)"
+            )
+        logits = [lm_logits(out).detach() for out in outputs]
+        vocab = min(z.shape[-1] for z in logits)  # same tokenizer: heads differ only by padding rows
+        temperature = float(getattr(config.method, "temperature", 1.0))
+        mixed = mixture_logits([z[..., :vocab] for z in logits], weights, temperature)
+        return LMOutputs(None, None, None, logits=mixed)
 
     def cache_job(self, config: Config, teacher_name: str, accelerator: Accelerator, root: Path) -> CacheJob:
         method = METHODS.get(config.method.name)

@@ -24,6 +24,7 @@ from kdkit.eval.metrics import agreement, check_metrics, compute_metrics, defaul
 from kdkit.eval.predict import predict_logits, to_predictions
 from kdkit.family.base import Family, Job, RunData, Student, Teacher, report_truncation
 from kdkit.fingerprint import split_fingerprint
+from kdkit.losses.ensemble import mixture_logits
 from kdkit.methods.base import CLASSIFIER_TASKS, Batch, LossContext, Resources, TaskLoss
 from kdkit.models import (
     build_student,
@@ -199,6 +200,13 @@ class ClassifierFamily(Family):
 
     def read_cache(self, cache: TeacherCache, batch: Batch, device: torch.device) -> Any:
         return SimpleNamespace(logits=cache.logits(batch["idx"]).to(device))
+
+    def mix_teachers(self, config: Config, outputs: list[Any], weights: list[float]) -> Any:
+        logits = [out.logits.detach() for out in outputs]
+        if config.task == "regression":  # one real prediction per example: the weighted mean of the teachers'
+            return SimpleNamespace(logits=sum(w * z.float() for w, z in zip(weights, logits, strict=True)))
+        temperature = float(getattr(config.method, "temperature", 1.0))
+        return SimpleNamespace(logits=mixture_logits(logits, weights, temperature))
 
     def cache_job(self, config: Config, teacher_name: str, accelerator: Accelerator, root: Path) -> CacheJob:
         data = load_task_data(config.data, config.task)

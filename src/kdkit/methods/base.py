@@ -163,6 +163,9 @@ class Method(nn.Module):
     cacheable: ClassVar[bool] = True  # can train from `kdkit cache` outputs (no live teacher)
     # causal LMs: can distil from a teacher with another tokenizer (aligned spans, ``kdkit.align``)
     cross_tokenizer: ClassVar[bool] = False
+    several_teachers: ClassVar[bool] = (
+        True  # can combine several teachers (``teachers:``, per-teacher outputs)
+    )
     run_files: ClassVar[tuple[str, ...]] = ()  # names it keeps in the run dir beside the student
 
     def __init__(self, config: MethodConfig, ctx: LossContext) -> None:

@@ -40,7 +40,7 @@ from kdkit.losses.topk import topk_atkd_loss, topk_token_loss
 from kdkit.losses.uld import aligned_cross_tokenizer_loss
 from kdkit.losses.uld_cached import cached_hybrid_loss, cached_span_rows, cached_uld_loss
 from kdkit.methods.base import LM_TASKS, Batch, FinetuneConfig, LossContext, LossOutput, Method
-from kdkit.models.causal_lm import LMOutputs, chunkable, lm_forward
+from kdkit.models.causal_lm import LMOutputs, chunkable, lm_forward, lm_logits
 
 shift = shift_labels  # (targets, mask) of a batch: see kdkit.data.lm_encode.shift_labels
 __all__ = ["IGNORE", "LMOutputs", "chunkable", "lm_forward", "shift"]
@@ -267,11 +267,7 @@ def _rows(out: LMOutputs) -> int:
     return out.weight.shape[0] if out.weight is not None else out.logits.shape[-1]
 
 
-def _logits(out: LMOutputs) -> Tensor:
-    if out.logits is not None:
-        return out.logits
-    logits = out.hidden @ out.weight.T
-    return logits if out.bias is None else logits + out.bias
+_logits = lm_logits
 
 
 def _full_ce(s: LMOutputs, targets: Tensor, mask: Tensor, vocab: int | None, chunk_size: int = 0) -> Tensor:

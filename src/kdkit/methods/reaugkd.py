@@ -182,6 +182,7 @@ class ReAugKD(Method):
     tasks = frozenset({"classification"})
     # the knowledge base lives beside the student (a `kdkit kb build` may have put it there first)
     run_files = (KB_DIR,)
+    several_teachers = False  # the knowledge base is built from the one teacher
     config: ReAugKDConfig
 
     @classmethod

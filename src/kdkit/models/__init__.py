@@ -8,6 +8,7 @@ from kdkit.models.causal_lm import (
     chunkable,
     config_with_overrides,
     lm_forward,
+    lm_logits,
     load_causal_lm,
     with_pad_token,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "freeze",
     "has_trained_head",
     "lm_forward",
+    "lm_logits",
     "load_causal_lm",
     "load_classifier",
     "load_model_config",

@@ -50,6 +50,15 @@ class LMOutputs:
     topk: TopKTeacher | None = None  # teacher read from a cache (`kdkit cache`): top-k of counted tokens
 
 
+def lm_logits(out: LMOutputs) -> Tensor:
+    """(B, T, V) logits of ``out``: its logits, or its hidden states through its LM head."""
+    if out.logits is not None:
+        return out.logits
+    assert out.hidden is not None and out.weight is not None, "top-k outputs have no logits"
+    logits = out.hidden @ out.weight.T
+    return logits if out.bias is None else logits + out.bias
+
+
 def chunkable(model: nn.Module) -> bool:
     """True when the model's logits are exactly ``lm_head(final hidden state)``."""
     cfg = model.config

@@ -17,6 +17,8 @@ from kdkit.io import file_digest
 from kdkit.structured import to_dict
 
 CACHE_VERSION = 1
+# teacher settings that do not change the fine-tuned teacher (how it is checked and combined with others)
+_NOT_TRAINING = ("check", "weight", "combine")
 
 
 def teacher_cache_key(config: Config) -> str:
@@ -35,7 +37,7 @@ def teacher_cache_key(config: Config) -> str:
     payload = {
         "version": CACHE_VERSION,
         "task": config.task,
-        "teacher": {k: v for k, v in to_dict(config.teacher).items() if k != "check"},  # not the teacher's
+        "teacher": {k: v for k, v in to_dict(config.teacher).items() if k not in _NOT_TRAINING},
         "data": data,
         "files": files,
         "eval_metrics": config.eval.metrics,

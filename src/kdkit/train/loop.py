@@ -52,6 +52,7 @@ from kdkit.layout import (
 )
 from kdkit.methods.base import Batch, LossOutput, Method
 from kdkit.teacher.client import ServerUnavailable
+from kdkit.teacher.ensemble import EnsembleOutputs, combine_losses
 from kdkit.teacher.source import TeacherSource
 from kdkit.train.checkpoint import (
     TrainerState,
@@ -93,7 +94,11 @@ class Trainee(nn.Module):
         self._no_split_modules = getattr(student, "_no_split_modules", None)
 
     def forward(self, batch: Batch, teacher_out: Any) -> LossOutput:
-        return self.loss_fn(self.loss_fn.student_forward(self.student, batch), teacher_out, batch)
+        student_out = self.loss_fn.student_forward(self.student, batch)
+        if isinstance(teacher_out, EnsembleOutputs):  # several teachers, combine: losses
+            results = [self.loss_fn(student_out, out, batch) for out in teacher_out.outputs]
+            return combine_losses(results, teacher_out.weights)
+        return self.loss_fn(student_out, teacher_out, batch)
 
 
 @dataclass

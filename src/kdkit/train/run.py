@@ -22,7 +22,7 @@ from torch import nn
 
 from kdkit.config import Config, load_config
 from kdkit.errors import KdkitError, note
-from kdkit.family import Family, Job, Teacher, family_for
+from kdkit.family import Family, Job, family_for
 from kdkit.fingerprint import model_fingerprint
 from kdkit.layout import BEST, CHECKPOINTS, METRICS
 from kdkit.lock import dir_lock
@@ -30,8 +30,6 @@ from kdkit.methods.base import DataEnv, EvalEnv, PrepareEnv
 from kdkit.models import count_parameters, save_model
 from kdkit.runtime import make_accelerator
 from kdkit.teacher.finetuned import teacher_cache_dir
-from kdkit.teacher.served import ServedTeacher
-from kdkit.teacher.source import CachedTeacher, LiveTeacher, TeacherSource
 from kdkit.train.checkpoint import TrainerState
 from kdkit.train.loop import LoopInputs, train_loop
 from kdkit.train.output import (
@@ -41,6 +39,7 @@ from kdkit.train.output import (
     refuse_shared_dirs,
     save_final,
 )
+from kdkit.train.teachers import check_other_teachers, check_teachers, teacher_source, teachers_fingerprint
 
 
 @dataclass
@@ -76,12 +75,15 @@ def run(
     family = family_for(config.task)
     job = family.job(config, kind, which)
     family.check(config, job)  # the method and the settings, before anything is loaded
+    check_teachers(config, family, job)  # several teachers: each one's settings, and how they combine
     data = family.load_data(config, job)  # metric names are checked here too: before any training
     base = _base_model(
         config, job, accelerator, overwrite
     )  # the teacher (fine-tuned first if asked), or None
     if job.teaches and base and (line := family.check_teacher(config, job.train, data, base, accelerator)):
         note(line)  # a teacher not worth distilling stops the run here, before the student trains
+    if base:
+        check_other_teachers(config, family, job, data, accelerator)
     if accelerator.is_main_process:
         refuse_foreign_dir(Path(config.output_dir), job.method.run_files)  # before its lock file is made
     lock = dir_lock(Path(config.output_dir), "output dir", wait=wait) if accelerator.is_main_process else None
@@ -127,7 +129,7 @@ def _train(
     method = job.method(
         job.method_config, family.loss_context(config, job, data, student, teacher, run_data, resources)
     )
-    source = _teacher_source(family, config, job, data, teacher, run_data, method, accelerator)
+    source = teacher_source(family, config, job, data, teacher, student, run_data, method, accelerator)
 
     def save_student(model: nn.Module, path: Path) -> None:
         save_model(accelerator.unwrap_model(model), student.tokenizer, path)
@@ -187,33 +189,9 @@ def _inputs(config: Config, family: Family, data: Any, base: str | None) -> dict
     inputs = {"data": {"what": f"the data ({source})", "fingerprint": family.fingerprint(data)}}
     if base is not None:
         inputs["teacher"] = {"what": f"the teacher '{base}'", "fingerprint": model_fingerprint(base)}
+        if (others := teachers_fingerprint(config)) is not None:
+            inputs["teachers"] = others
     return inputs
-
-
-def _teacher_source(
-    family: Family,
-    config: Config,
-    job: Job,
-    data: Any,
-    teacher: Teacher | None,
-    run_data: Any,
-    method: Any,
-    accelerator: Accelerator,
-) -> TeacherSource | None:
-    """Where the loop gets the teacher's outputs: a cache, the live teacher, or nowhere (fine-tuning)."""
-    if teacher is None:
-        return None
-    if job.cached:
-        return CachedTeacher(family.open_cache(config, data, teacher, run_data), family.read_cache)
-    if job.served:
-        assert config.teacher.server is not None
-        return ServedTeacher.connect(
-            config.teacher.server, teacher.name, teacher.tokenizer, config.cache.top_k,
-            float(getattr(config.method, "temperature", 1.0)), config.cache.tail, config.teacher.server_retry_seconds,
-            config.teacher.server_api, config.teacher.server_model,
-        )  # fmt: skip
-    assert teacher.model is not None
-    return LiveTeacher(teacher.model, method, accelerator)
 
 
 def resolve_teacher(config: Config, accelerator: Accelerator, *, overwrite: bool = False) -> str:

@@ -107,4 +107,6 @@ def test_a_teacher_run_with_best_metric_f1_is_checked_by_its_mcc(
     with pytest.raises(KdkitError, match=r"validation mcc is 0\.0000 .*f1 is judged by mcc"):
         validate(raw)
     (teacher / "metrics.json").write_text(json.dumps({"validation": {"f1": 0.5, "mcc": 0.99}}))
-    assert any(line.startswith("teacher check: the teacher's validation mcc is 0.9900") for line in validate(raw))
+    assert any(
+        line.startswith("teacher check: the teacher's validation mcc is 0.9900") for line in validate(raw)
+    )
