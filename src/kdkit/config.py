@@ -281,6 +281,7 @@ class CacheConfig:
     tail: Literal["student", "uniform"] = "student"  # causal_lm: how losses spread the dropped mass
     shard_size: int = 1024  # examples per shard file (the unit of resume and of work split across processes)
     batch_size: int = 16  # examples per teacher forward pass while building
+    format: Literal["plain", "compact"] = "plain"  # causal_lm: compact: ~1/3 of the bytes (docs/cache.md)
 
     def __post_init__(self) -> None:
         _check_positive("cache.top_k", self.top_k)

@@ -228,7 +228,7 @@ def _source_lines(config: Config) -> list[str]:
             cache = TeacherCache.load(config.cache.dir)
             prov = cache.meta["provenance"]
             what = (
-                f"top-{prov['top_k']} {prov['dtype']}, T={prov['temperature']}"
+                f"top-{prov['top_k']} {prov['dtype']}, T={prov['temperature']}, {cache.meta.get('format', 'plain')} format"
                 if prov["kind"] == "topk"
                 else "logits"
             )

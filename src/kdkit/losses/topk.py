@@ -46,6 +46,13 @@ from kdkit.losses.divergences import DIVERGENCES, _counted_index, token_divergen
 
 TAILS = ("student", "uniform")
 _FLOOR = 1e-30  # smallest tail mass used in log space (fp16 rounding can make the known mass exceed 1)
+# The tail mass 1 - sum(p) is summed in float64: for a confident row (top-k mass 1 - 1e-7) float32 keeps only
+# a digit of it, and a broad student's reverse KL weighs its log by the student's whole tail mass.
+
+
+def _tail_log_mass(lp: Tensor) -> Tensor:
+    """(c, 1) log(1 - sum_i exp(lp_i)) of (c, k) log-probabilities, summed in float64, floored at _FLOOR."""
+    return (1.0 - lp.double().exp().sum(-1, keepdim=True)).clamp(min=_FLOOR).log().to(lp.dtype)
 
 
 @dataclass
@@ -81,15 +88,15 @@ def dense_teacher(
     """
     lp = logprobs.float()
     idx = indices.long()
-    known = lp.exp().sum(-1)  # (c,)
+    known = lp.double().exp().sum(-1)  # (c,) float64: 1 - known of a confident row is tiny (see _FLOOR)
     free = torch.ones(idx.shape[0], vocab, dtype=torch.bool, device=idx.device)
     free.scatter_(-1, idx, False)
     if targets is not None and target_logprobs is not None:
         g = targets.long().unsqueeze(-1)
         outside = free.gather(-1, g).squeeze(-1)  # target not among the top-k
-        known = known + torch.where(outside, target_logprobs.float().exp(), torch.zeros_like(known))
+        known = known + torch.where(outside, target_logprobs.double().exp(), torch.zeros_like(known))
         free.scatter_(-1, g, False)
-    log_mass = (1.0 - known).clamp(min=_FLOOR).log().unsqueeze(-1)  # (c, 1)
+    log_mass = (1.0 - known).clamp(min=_FLOOR).log().float().unsqueeze(-1)  # (c, 1)
     if tail == "student":
         if student_logprobs is None:
             raise ValueError("tail='student' needs the student's log-probabilities")
@@ -162,8 +169,8 @@ def _merged_decoupled(
     lq_g = z.gather(-1, g.unsqueeze(-1)).squeeze(-1) - lse.squeeze(-1)  # (c,)
     # teacher columns (c, k + 2): top-k, the target when it is outside them, the tail mass
     lp_out = lp_target.masked_fill(inside, float("-inf"))
-    known = lp_top.exp().sum(-1) + lp_out.exp()
-    lp_mass = (1.0 - known).clamp(min=_FLOOR).log()
+    known = lp_top.double().exp().sum(-1) + lp_out.double().exp()
+    lp_mass = (1.0 - known).clamp(min=_FLOOR).log().to(lp_top.dtype)
     t_all = torch.cat([lp_top, lp_out.unsqueeze(-1), lp_mass.unsqueeze(-1)], -1).log_softmax(-1)
     at_g = t_all[:, :k].gather(-1, is_g.float().argmax(-1, keepdim=True)).squeeze(-1)
     lp_g = torch.where(inside, at_g, t_all[:, k])
@@ -261,7 +268,7 @@ def topk_token_loss(
         if merged:
             lq_top, lq_tail, lse = _student_classes(z, t_idx.long())
             lp = t_lp.float()
-            lp_tail = (1.0 - lp.exp().sum(-1, keepdim=True)).clamp(min=_FLOOR).log()  # (c, 1)
+            lp_tail = _tail_log_mass(lp)  # (c, 1)
             # (c, k + 1) log-probabilities; times T, since the divergences divide by T before log-softmax
             s_in = temperature * torch.cat([lq_top, lq_tail], -1)
             t_in = temperature * torch.cat([lp, lp_tail], -1)

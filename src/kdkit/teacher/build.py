@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from safetensors.torch import load_file
 from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -43,6 +45,7 @@ from kdkit.teacher.cache import (
     shard_done,
     write_shard,
 )
+from kdkit.teacher.compact import Codec, encode_shard
 
 BUILDING = "building.json"  # the settings of a build in progress: a resumed build must match them
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -109,6 +112,13 @@ def build_cache(
         note(f"teacher cache {root} is complete; delete it to rebuild")
         return TeacherCache.load(root).meta
     job = make_job()
+    if cache_cfg.format == "compact":
+        if job.meta.get("kind") != "topk":
+            raise KdkitError(
+                "cache.format: compact codes causal-LM top-k caches; a classifier's cache holds a few logits "
+                "per example: set cache.format: plain"
+            )
+        job = replace(job, meta={**job.meta, **_codec(job).meta()})
     _check_resume(root, job.meta, accelerator)
     _run(job, root, cache_cfg, accelerator)
     accelerator.wait_for_everyone()
@@ -171,9 +181,40 @@ def _run(job: CacheJob, root: Path, cache_cfg: CacheConfig, accelerator: Acceler
                 rows.extend(job.outputs(batch))
             bar.update(len(ids[start : start + cache_cfg.batch_size]))
         tensors = job.pack(rows)
+        if job.meta.get("format") == "compact":
+            tensors = encode_shard(tensors, _codec(job))
         check_free_space(root, sum(t.numel() * t.element_size() for t in tensors.values()), f"shard {i}")
         write_shard(root, i, tensors, {"process": str(accelerator.process_index)})
     bar.close()
+
+
+def compact_copy(src: Path, dst: Path) -> dict[str, Any]:
+    """Write the complete plain causal-LM cache ``src`` again in the compact format in ``dst`` (a new or
+    empty dir; a copy interrupted mid-way is redone from its first missing shard); returns its meta."""
+    meta = TeacherCache.load(src).meta
+    if meta.get("kind") != "topk" or meta.get("format") == "compact":
+        raise KdkitError(f"{src} is not a plain causal-LM teacher cache; nothing to compact")
+    if (dst / META).is_file():
+        note(f"teacher cache {dst} is complete; delete it to rebuild")
+        return TeacherCache.load(dst).meta
+    prov = meta["provenance"]
+    codec = Codec(int(prov["vocab_size"]), int(prov["top_k"]))
+    new = {k: v for k, v in meta.items() if k not in ("version", "shards")} | codec.meta()
+    dst.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(dst)  # what a killed copy was writing
+    for i, name in enumerate(tqdm(sorted(meta["shards"]), desc="compact cache", unit="shard")):
+        if not shard_done(dst, i):
+            write_shard(dst, i, encode_shard(load_file(str(src / name)), codec), {"process": "0"})
+    generations = src / "teacher_generations.jsonl"
+    if generations.is_file():
+        shutil.copyfile(generations, dst / generations.name)
+    finalize(dst, new, len(meta["shards"]))
+    return TeacherCache.load(dst).meta
+
+
+def _codec(job: CacheJob) -> Codec:
+    prov = job.meta["provenance"]
+    return Codec(int(prov["vocab_size"]), int(prov["top_k"]))
 
 
 def to_device(inputs: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:

@@ -44,6 +44,7 @@ from kdkit.errors import KdkitError
 from kdkit.io import atomic_write_json, file_digest
 from kdkit.losses.topk import TopKTeacher
 from kdkit.shards import remove_shard_leftovers, shard_done, shard_path, sum_path, write_shard
+from kdkit.teacher.compact import Codec, Codes, decode_example
 
 __all__ = [
     "META",
@@ -56,7 +57,8 @@ __all__ = [
     "write_shard",
 ]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 1  # the plain format
+COMPACT_VERSION = 2  # the compact format (``kdkit.teacher.compact``): older kdkit versions refuse it by this
 META = "meta.json"
 
 
@@ -92,7 +94,8 @@ def finalize(root: Path, meta: dict[str, Any], num_shards: int) -> None:
                 f"teacher cache {root}: shard {path.name} is missing; rerun `kdkit cache` to finish it"
             )
         shards[path.name] = sum_path(path).read_text().strip()
-    atomic_write_json(root / META, {**meta, "version": CACHE_VERSION, "shards": shards})
+    version = COMPACT_VERSION if meta.get("format") == "compact" else CACHE_VERSION
+    atomic_write_json(root / META, {**meta, "version": version, "shards": shards})
 
 
 @dataclass
@@ -105,6 +108,7 @@ class TeacherCache:
     _handles: list[Any] = field(default_factory=list, repr=False)
     _offsets: list[Tensor] = field(default_factory=list, repr=False)
     _logits: Tensor | None = field(default=None, repr=False)
+    _compact: list[tuple[Codes, Tensor, Tensor]] = field(default_factory=list, repr=False)
 
     @classmethod
     def load(cls, root: str | Path, tail: str = "student", verify: bool = True) -> TeacherCache:
@@ -116,10 +120,10 @@ class TeacherCache:
                 "with `kdkit cache --config FILE`"
             )
         meta = read_meta(root)
-        if meta.get("version") != CACHE_VERSION:
+        if meta.get("version") not in (CACHE_VERSION, COMPACT_VERSION):
             raise KdkitError(
                 f"teacher cache {root} has format version {meta.get('version')}, this kdkit reads "
-                f"{CACHE_VERSION}; rebuild it with `kdkit cache`"
+                f"{CACHE_VERSION} and {COMPACT_VERSION}; rebuild it with `kdkit cache`"
             )
         cache = cls(root, meta, tail)
         for name, digest in meta["shards"].items():
@@ -138,6 +142,16 @@ class TeacherCache:
             cache._logits = torch.cat([h.get_tensor("logits") for h in cache._handles])  # (N, C): small
         else:
             cache._offsets = [h.get_tensor("offsets") for h in cache._handles]
+        if meta.get("format") == "compact":
+            vocab = int(meta["provenance"]["vocab_size"])
+            cache._compact = [
+                (
+                    Codes(h.get_tensor("rank_table").numpy(), vocab),
+                    h.get_tensor("record_offsets"),
+                    h.get_tensor("records"),
+                )
+                for h in cache._handles
+            ]
         return cache
 
     def __len__(self) -> int:
@@ -172,7 +186,8 @@ class TeacherCache:
         self._check_ids(idx)
         size = int(self.meta["shard_size"])
         parts: dict[str, list[Tensor]] = {"indices": [], "logprobs": [], "target_logprobs": []}
-        if self._handles and "matched_mass" in self._handles[0].keys():  # noqa: SIM118 (safetensors handle)
+        keys = set(self._handles[0].keys()) if self._handles else set()
+        if "matched_mass" in keys or "has_matched_mass" in keys:
             parts["matched_mass"] = []
         for i, count in zip(idx.tolist(), counts, strict=True):
             shard, row = divmod(i, size)
@@ -183,6 +198,10 @@ class TeacherCache:
                     f"teacher cache {self.root}: example {i} has {b - a} cached tokens, the batch {count}; "
                     "the data or tokenization changed: rebuild the cache"
                 )
+            if self._compact:
+                for name, rows in zip(parts, self._decode(shard, row, b - a), strict=False):
+                    parts[name].append(rows)
+                continue
             for name, rows in parts.items():
                 rows.append(self._handles[shard].get_slice(name)[a:b])
         return TopKTeacher(
@@ -192,3 +211,13 @@ class TeacherCache:
             tail=self.tail,
             matched_mass=torch.cat(parts["matched_mass"]) if "matched_mass" in parts else None,
         )
+
+    def _decode(self, shard: int, row: int, n: int) -> tuple[Tensor, ...]:
+        """Example ``row`` of compact shard ``shard``: ids, log-probs, target log-probs (, matched mass)."""
+        codes, offsets, records = self._compact[shard]
+        a, b = int(offsets[row]), int(offsets[row + 1])
+        codec = Codec(int(self.meta["provenance"]["vocab_size"]), int(self.meta["provenance"]["top_k"]),
+                      float(self.meta["codec_step"]))  # fmt: skip
+        has_mass = "has_matched_mass" in self._handles[shard].keys()  # noqa: SIM118 (safetensors handle)
+        ids, lp, target, mass = decode_example(records[a:b].numpy().tobytes(), n, codes, codec, has_mass)
+        return (ids, lp, target) if mass is None else (ids, lp, target, mass)
