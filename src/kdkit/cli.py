@@ -22,7 +22,7 @@ import transformers
 from tqdm import tqdm
 
 from kdkit.assets import ASSETS
-from kdkit.commands.cache import build_cache_for_config
+from kdkit.commands.cache import build_cache_for_config, compact_cache_for_config
 from kdkit.commands.evaluate import evaluate_saved
 from kdkit.commands.predict import predict
 from kdkit.demo import run_demo
@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--output", default=None, help="cache dir (default: cache.dir of the config)")
+    p.add_argument(
+        "--compact-from", default=None, metavar="DIR",
+        help="write the plain causal-LM cache DIR again in the compact format (the teacher is not run)",
+    )  # fmt: skip
     for command in _method_commands():  # what the methods bring (`kdkit kb build`)
         p = sub.add_parser(command.name, help=command.help)
         command.add_arguments(p)
@@ -214,7 +218,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    path, meta = build_cache_for_config(args.config, args.overrides, args.output)
+    if args.compact_from:
+        path, meta = compact_cache_for_config(args.config, args.overrides, args.output, args.compact_from)
+    else:
+        path, meta = build_cache_for_config(args.config, args.overrides, args.output)
     prov = meta["provenance"]
     summary = {
         "cache": str(path),
@@ -224,6 +231,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     }
     if meta["kind"] == "topk":
         summary.update(top_k=prov["top_k"], dtype=prov["dtype"], temperature=prov["temperature"])
+        summary["format"] = meta.get("format", "plain")
     if _main_process():
         print(json.dumps(summary))
     return 0

@@ -18,6 +18,7 @@ from kdkit.teacher.cache import META, TeacherCache
 from kdkit.train.run import distill
 from kdkit.validate import validate
 from tests.conftest import tiny_config
+from tests.integration.test_cli_tiny import kdkit, write_config
 from tests.integration.test_lm_tiny import lm_config
 
 pytestmark = pytest.mark.integration
@@ -44,6 +45,29 @@ def test_a_compact_cache_trains_as_the_plain_one(tiny_lm: Path, tiny_jsonl: Path
 
     copied = compact_copy(tmp_path / "plain", tmp_path / "copied")  # a plain cache converted afterwards
     assert copied["shards"] == meta["shards"]  # byte for byte the shards `kdkit cache` wrote
+    cfg = write_config(tmp_path / "c.yaml", config)
+    proc = kdkit(
+        "cache",
+        "--config",
+        str(cfg),
+        "--compact-from",
+        str(tmp_path / "plain"),
+        "--output",
+        str(tmp_path / "cli"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["format"] == "compact"
+    again = kdkit(
+        "cache",
+        "--config",
+        str(cfg),
+        "--compact-from",
+        str(tmp_path / "compact"),
+        "--output",
+        str(tmp_path / "x"),
+    )
+    assert again.returncode != 0 and "not a plain causal-LM teacher cache" in again.stderr
+    assert "Traceback" not in again.stderr
 
     a, b = distill(config), distill(compact)
     first = [json.loads((r.output_dir / "logs" / "train.jsonl").read_text().splitlines()[0]) for r in (a, b)]

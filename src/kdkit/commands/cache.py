@@ -12,7 +12,7 @@ from kdkit.family import family_for
 from kdkit.lock import dir_lock
 from kdkit.methods import METHODS
 from kdkit.runtime import make_accelerator
-from kdkit.teacher.build import build_cache
+from kdkit.teacher.build import build_cache, compact_copy
 from kdkit.train.run import resolve_teacher
 
 
@@ -37,3 +37,21 @@ def build_cache_for_config(
     lock = dir_lock(root, "teacher cache") if accelerator.is_main_process else contextlib.nullcontext()
     with lock:  # one process writes a cache dir at a time
         return root, build_cache(root, job, config.cache, accelerator)
+
+
+def compact_cache_for_config(
+    config: str | Path | dict[str, Any] | Config,
+    overrides: list[str] | None,
+    output: str | None,
+    source: str,
+) -> tuple[Path, dict[str, Any]]:
+    """Write the plain causal-LM cache ``source`` again in the compact format, in ``output`` or
+    ``cache.dir`` (the teacher is not run); returns that dir and its meta."""
+    config = load_config(config, overrides)
+    if not (output or config.cache.dir):
+        raise KdkitError("set cache.dir (or pass --output DIR): where the compact cache goes")
+    root = Path(output or config.cache.dir or "")
+    if root.resolve() == Path(source).resolve():
+        raise KdkitError(f"--compact-from {source} is the destination too; write the compact copy elsewhere")
+    with dir_lock(root, "teacher cache"):
+        return root, compact_copy(Path(source), root)
