@@ -74,6 +74,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         *data_root_overrides(args.data_root),
         f"cache.dir={Path(args.out) / 'teacher-cache'}",
         f"train.max_steps={args.steps}",
+        f"data.max_train_samples={8 * args.steps}",  # the steps' batches (batch 8): the cache covers just them
         "train.eval_every=null",
         "train.save_every=null",
         "train.load_best=false",
@@ -105,15 +106,21 @@ def child(variant: str, args: argparse.Namespace) -> dict[str, Any]:
 def load_test(url: str, pid: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Requests/s and latency for each number of concurrent clients."""
     from kdkit.config import load_config
+    from kdkit.data.lm import LMDataset
     from kdkit.data.lm_encode import LMCollator, encode_lm
     from kdkit.data.lm_read import load_lm_data
     from kdkit.models.causal_lm import with_pad_token
     from kdkit.models.load import load_tokenizer
 
-    config = load_config(CONFIG, _overrides(args))
+    config = load_config(CONFIG, data_root_overrides(args.data_root))  # 16 batches of the full train split
     tok = with_pad_token(load_tokenizer(config.teacher.model))
-    enc = encode_lm(
-        load_lm_data(config.data).split("train"), tok, config.student.max_length, config.data.chat_template
+    enc = LMDataset(
+        encode_lm(
+            load_lm_data(config.data).split("train"),
+            tok,
+            config.student.max_length,
+            config.data.chat_template,
+        )
     )
     collate = LMCollator(tok.pad_token_id)
     batches = [collate([enc[i] for i in range(s, s + 8)]) for s in range(0, 8 * 16, 8)]
