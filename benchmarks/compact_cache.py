@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import data_root_overrides  # noqa: E402
+from common import data_root_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "dolly_smol10l_from_smol135m_forward_kl.yaml"
@@ -107,7 +107,9 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
                         if divergence == "atkd":
                             loss, _ = topk_atkd_loss(hs, ws, top, targets, mask, vocab_size=vocab, **kw)
                         else:
-                            loss, _ = topk_token_loss(hs, ws, top, mask, divergence=divergence, vocab_size=vocab, **kw)
+                            loss, _ = topk_token_loss(
+                                hs, ws, top, mask, divergence=divergence, vocab_size=vocab, **kw
+                            )
                         values.append(float(loss))
                     per_loss[label].append((values[0], values[1]))
         errors[student_name] = {
@@ -125,7 +127,9 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "compact_bytes_per_token": _bytes(out / "compact") / rows,
         "cache_build_s": build_s,
         "compact_encode_tokens_per_s": rows / encode_s,
-        "compact_decode_tokens_per_s": sum(int(b["labels"].ne(-100).sum()) for b in batches) * len(students) / decode_s,
+        "compact_decode_tokens_per_s": sum(int(b["labels"].ne(-100).sum()) for b in batches)
+        * len(students)
+        / decode_s,
         "batches": len(batches),
         "errors": errors,
     }
@@ -139,7 +143,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         "| vocabulary | tokens | plain B/token | compact B/token | ratio | encode tok/s | decode tok/s |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r in results.items():
+    for r in results.values():
         lines.append(
             f"| {r['vocab']:,} | {r['rows']:,} | {r['plain_bytes_per_token']:.1f} | {r['compact_bytes_per_token']:.1f} | "
             f"{r['plain_bytes_per_token'] / r['compact_bytes_per_token']:.2f}x | {r['compact_encode_tokens_per_s']:,.0f} | "
@@ -147,7 +151,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         )
     lines += ["", "| vocabulary | student | loss | mean loss | max relative error (any batch) | error of the mean |",
               "|---|---|---|---:|---:|---:|"]  # fmt: skip
-    for name, r in results.items():
+    for r in results.values():
         for student, by_loss in r["errors"].items():
             for label, e in by_loss.items():
                 lines.append(
@@ -157,12 +161,16 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--examples", type=int, default=200, help="dolly training examples cached")
     parser.add_argument("--batches", type=int, default=25, help="batches whose losses are compared")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--vocabs", nargs="+", default=list(VOCABS), choices=list(VOCABS))
-    parser.add_argument("--trained", nargs="*", default=[], help="trained SmolLM2 student dirs (49k vocabulary)")
+    parser.add_argument(
+        "--trained", nargs="*", default=[], help="trained SmolLM2 student dirs (49k vocabulary)"
+    )
     parser.add_argument("--data-root", default=None, help="local data copies (default: $KDKIT_DATA_ROOT)")
     parser.add_argument("--out", default="runs/bench/compact-cache")
     args = parser.parse_args()
