@@ -45,7 +45,9 @@ from kdkit.losses.chunked import _as_user_error, _ce_sum, _chunk_logits, _counte
 from kdkit.losses.divergences import DIVERGENCES, _counted_index, token_divergence
 
 TAILS = ("student", "uniform")
-_FLOOR = 1e-30  # smallest tail mass used in log space (fp16 rounding can make the known mass exceed 1)
+TAIL_FLOOR = _FLOOR = (
+    1e-30  # smallest tail mass used in log space (fp16 rounding can make the known mass exceed 1)
+)
 # The tail mass 1 - sum(p) is summed in float64: for a confident row (top-k mass 1 - 1e-7) float32 keeps only
 # a digit of it, and a broad student's reverse KL weighs its log by the student's whole tail mass.
 

@@ -109,6 +109,7 @@ class TeacherCache:
     _offsets: list[Tensor] = field(default_factory=list, repr=False)
     _logits: Tensor | None = field(default=None, repr=False)
     _compact: list[tuple[Codes, Tensor, Tensor]] = field(default_factory=list, repr=False)
+    _codec: Codec | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, root: str | Path, tail: str = "student", verify: bool = True) -> TeacherCache:
@@ -144,6 +145,7 @@ class TeacherCache:
             cache._offsets = [h.get_tensor("offsets") for h in cache._handles]
         if meta.get("format") == "compact":
             vocab = int(meta["provenance"]["vocab_size"])
+            cache._codec = Codec(vocab, int(meta["provenance"]["top_k"]), float(meta["codec_step"]))
             cache._compact = [
                 (
                     Codes(h.get_tensor("rank_table").numpy(), vocab),
@@ -216,8 +218,9 @@ class TeacherCache:
         """Example ``row`` of compact shard ``shard``: ids, log-probs, target log-probs (, matched mass)."""
         codes, offsets, records = self._compact[shard]
         a, b = int(offsets[row]), int(offsets[row + 1])
-        codec = Codec(int(self.meta["provenance"]["vocab_size"]), int(self.meta["provenance"]["top_k"]),
-                      float(self.meta["codec_step"]))  # fmt: skip
+        assert self._codec is not None
         has_mass = "has_matched_mass" in self._handles[shard].keys()  # noqa: SIM118 (safetensors handle)
-        ids, lp, target, mass = decode_example(records[a:b].numpy().tobytes(), n, codes, codec, has_mass)
+        ids, lp, target, mass = decode_example(
+            records[a:b].numpy().tobytes(), n, codes, self._codec, has_mass
+        )
         return (ids, lp, target) if mass is None else (ids, lp, target, mass)

@@ -43,10 +43,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdkit.losses.topk import TAIL_FLOOR as _FLOOR  # the losses' smallest tail mass
+
 RANKED = 4096  # ids per shard with a frequency-ranked code
 STEP = 1 / 16  # nats per log-probability level
 _MASS_SCALE = 768  # levels per nat of the stored -log(tail mass): 1/1,536 nat at most off
-_FLOOR = 1e-30  # the smallest tail mass, as in kdkit.losses.topk
 _OUTSIDE = 255  # target position: not among the top-k
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 20}]  # a record is < 1 MiB
 
@@ -110,7 +111,6 @@ def encode_example(
     code = np.take_along_axis(code, order, 1)
     lp = np.take_along_axis(logprobs, order, 1)
     gaps = np.diff(code, axis=1, prepend=0).astype(np.uint32)
-    planes = [((gaps >> (8 * p)) & 0xFF).astype(np.uint8).tobytes() for p in range(codec.planes)]
     lp32 = lp.astype(np.float32)
     q = codec.quantize(np.maximum(-lp32, 0.0))
     rounded = (targets if stored_targets is None else stored_targets).astype(np.float32)
@@ -120,17 +120,21 @@ def encode_example(
     target16 = targets.astype(np.float16)
     mass = _log_tail_mass(lp32)
     streams = [
-        *planes,
-        (q & 0xFF).astype(np.uint8).tobytes(),  # the levels' low byte, then their high byte
-        (q >> 8).astype(np.uint8).tobytes(),
+        *_to_planes(gaps, codec.planes),
+        *_to_planes(q, 2),
         position.tobytes(),
         target16.tobytes(),
-        (mass & 0xFF).astype(np.uint8).tobytes(),
-        (mass >> 8).astype(np.uint8).tobytes(),
+        *_to_planes(mass, 2),
     ]
     if matched is not None:
         streams.append(np.asarray(matched).astype(np.float16).tobytes())
     return lzma.compress(b"".join(streams), format=lzma.FORMAT_RAW, filters=_FILTERS)
+
+
+def _to_planes(x: np.ndarray, planes: int) -> list[bytes]:
+    """Unsigned integers as ``planes`` byte arrays, least significant byte first (each compresses alone)."""
+    x = x.astype(np.uint32)
+    return [((x >> (8 * p)) & 0xFF).astype(np.uint8).tobytes() for p in range(planes)]
 
 
 def _log_tail_mass(lp: np.ndarray) -> np.ndarray:
@@ -161,7 +165,7 @@ def decode_example(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The plain tensors of a record of ``n`` rows: ids (n, k) int64, log-probabilities (n, k) float32,
     target log-probabilities (n,) float32, and the matched mass (n,) float32 when ``matched``."""
-    k, p = codec.k, codec.planes
+    k = codec.k
     raw = memoryview(lzma.decompress(record, format=lzma.FORMAT_RAW, filters=_FILTERS))
     at = 0
 
@@ -172,16 +176,17 @@ def decode_example(
         at += size
         return out
 
-    gaps = np.zeros((n, k), dtype=np.int64)
-    for plane in range(p):
-        gaps |= take(n * k).reshape(n, k).astype(np.int64) << (8 * plane)
-    ids = codes.to_id[np.cumsum(gaps, axis=1)]
-    low = take(n * k).reshape(n, k).astype(np.uint16)
-    lp = -codec.dequantize(low | (take(n * k).reshape(n, k).astype(np.uint16) << 8))
+    def from_planes(count: int, planes: int) -> np.ndarray:  # _to_planes' inverse, int64
+        out = np.zeros(count, dtype=np.int64)
+        for plane in range(planes):
+            out |= take(count).astype(np.int64) << (8 * plane)
+        return out
+
+    ids = codes.to_id[np.cumsum(from_planes(n * k, codec.planes).reshape(n, k), axis=1)]
+    lp = -codec.dequantize(from_planes(n * k, 2).reshape(n, k))
     position = take(n).astype(np.int64)
     target = take(n, np.float16).astype(np.float32)
-    low_mass = take(n).astype(np.uint16)
-    log_tail = -(low_mass | (take(n).astype(np.uint16) << 8)).astype(np.float64) / _MASS_SCALE
+    log_tail = -from_planes(n, 2).astype(np.float64) / _MASS_SCALE
     rows = np.nonzero(position != _OUTSIDE)[0]
     lp[rows, position[rows]] = target[rows]  # the target's entry takes its float16 value
     keep = np.zeros((n, k), dtype=bool)
