@@ -4,6 +4,7 @@ a plain cache gives the same shards, a plain cache still reads, and a classifier
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from safetensors.torch import load_file
 
 from kdkit.commands.cache import build_cache_for_config
 from kdkit.errors import KdkitError
+from kdkit.teacher import build
 from kdkit.teacher.build import compact_copy
-from kdkit.teacher.cache import META, TeacherCache
+from kdkit.teacher.cache import COMPACT_VERSION, META, TeacherCache
+from kdkit.teacher.compact import Codec
 from kdkit.train.run import distill
 from kdkit.validate import validate
 from tests.conftest import tiny_config
@@ -28,7 +31,9 @@ def _size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.glob("shard-*.safetensors"))
 
 
-def test_a_compact_cache_trains_as_the_plain_one(tiny_lm: Path, tiny_jsonl: Path, tmp_path: Path) -> None:
+def test_a_compact_cache_trains_as_the_plain_one(
+    tiny_lm: Path, tiny_jsonl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = lm_config(
         tiny_lm, tiny_jsonl, tmp_path / "plain-run", eval={"splits": ["validation"], "rouge": False}
     )
@@ -40,7 +45,7 @@ def test_a_compact_cache_trains_as_the_plain_one(tiny_lm: Path, tiny_jsonl: Path
     compact["cache"] = {**config["cache"], "dir": str(tmp_path / "compact"), "format": "compact"}
     build_cache_for_config(compact)
     meta = json.loads((tmp_path / "compact" / META).read_text())
-    assert meta["format"] == "compact" and meta["version"] == 2 and len(meta["shards"]) == 3
+    assert meta["format"] == "compact" and meta["version"] == COMPACT_VERSION and len(meta["shards"]) == 3
     assert _size(tmp_path / "compact") < _size(tmp_path / "plain") / 1.5
 
     copied = compact_copy(tmp_path / "plain", tmp_path / "copied")  # a plain cache converted afterwards
@@ -92,7 +97,16 @@ def test_a_compact_cache_trains_as_the_plain_one(tiny_lm: Path, tiny_jsonl: Path
     ]
     x, y = plain.topk(idx, counts), small.topk(idx, counts)
     assert torch.equal(x.indices.sort(1).values, y.indices.sort(1).values)
-    torch.testing.assert_close(x.target_logprobs, y.target_logprobs, atol=2e-3, rtol=0)
+    torch.testing.assert_close(x.target_logprobs, y.target_logprobs, atol=1e-6, rtol=0)
+
+    # a compact cache of format version 2 (float16 targets, no codec_target in its meta) still reads
+    monkeypatch.setattr(build, "Codec", functools.partial(Codec, target="float16"))
+    old = compact_copy(tmp_path / "plain", tmp_path / "v2")
+    meta_file = tmp_path / "v2" / META
+    meta_file.write_text(json.dumps({**{k: v for k, v in old.items() if k != "codec_target"}, "version": 2}))
+    z = TeacherCache.load(tmp_path / "v2").topk(idx, counts)
+    assert torch.equal(z.target_logprobs, x.target_logprobs.half().float())
+    assert torch.equal(z.indices.sort(1).values, y.indices.sort(1).values)
 
 
 def test_compact_is_for_causal_lm_caches(tiny_teacher: Path, tiny_csv: Path, tmp_path: Path) -> None:

@@ -58,7 +58,8 @@ __all__ = [
 ]
 
 CACHE_VERSION = 1  # the plain format
-COMPACT_VERSION = 2  # the compact format (``kdkit.teacher.compact``): older kdkit versions refuse it by this
+COMPACT_VERSION = 3  # the compact format (``kdkit.teacher.compact``): older kdkit versions refuse it by this
+READS = (CACHE_VERSION, 2, COMPACT_VERSION)  # 2: the compact format with float16 targets
 META = "meta.json"
 
 
@@ -121,10 +122,10 @@ class TeacherCache:
                 "with `kdkit cache --config FILE`"
             )
         meta = read_meta(root)
-        if meta.get("version") not in (CACHE_VERSION, COMPACT_VERSION):
+        if meta.get("version") not in READS:
             raise KdkitError(
                 f"teacher cache {root} has format version {meta.get('version')}, this kdkit reads "
-                f"{CACHE_VERSION} and {COMPACT_VERSION}; rebuild it with `kdkit cache`"
+                f"{', '.join(map(str, READS))}; rebuild it with `kdkit cache`"
             )
         cache = cls(root, meta, tail)
         for name, digest in meta["shards"].items():
@@ -145,7 +146,8 @@ class TeacherCache:
             cache._offsets = [h.get_tensor("offsets") for h in cache._handles]
         if meta.get("format") == "compact":
             vocab = int(meta["provenance"]["vocab_size"])
-            cache._codec = Codec(vocab, int(meta["provenance"]["top_k"]), float(meta["codec_step"]))
+            top_k, step = int(meta["provenance"]["top_k"]), float(meta["codec_step"])
+            cache._codec = Codec(vocab, top_k, step, str(meta.get("codec_target", "float16")))  # v2: float16
             cache._compact = [
                 (
                     Codes(h.get_tensor("rank_table").numpy(), vocab),

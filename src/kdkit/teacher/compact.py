@@ -16,10 +16,15 @@ are concatenated in this order and compressed together with LZMA2, raw, no conta
    ``q_i * delta_i``, large where a broad student puts mass on a token the teacher finds unlikely.
 3. **target position**, one byte per row: the index (in the sorted order) of the entry whose value equals
    the target token's log-probability, or 255 when the target is outside the top-k.
-4. **target log-probability**, float16 per row; a target inside the top-k also takes this value in the
-   top-k. It is kept finer than the other values because ATKD leans on it: its easy/hard split ranks
-   tokens by ``1 - p_g``, and its non-target distribution is divided by ``1 - p_g``, which a 1/32-nat error
-   in ``log p_g`` would change by half when ``p_g`` is 0.95.
+4. **target log-probability**, kept far finer than the other values because ATKD leans on it: its
+   easy/hard split ranks tokens by ``1 - p_g`` (two tokens that round to one value can change sides, and
+   one swap at the boundary moves a batch's loss by ~1e-3), and its non-target distribution is divided by
+   ``1 - p_g``, which a 1/32-nat error in ``log p_g`` would change by half when ``p_g`` is 0.95. For a
+   target inside the top-k, whose entry already holds ``log p_g`` to ``step / 2``, two byte planes hold
+   the residual: ``round((-log p_g / step - q + 1/2) * 65535)``, so the target is known to
+   ``step / 131070`` (5e-7 nat at the default step; float16 was 2.4e-4 nat at ``p_g`` = 1/2); a target
+   outside the top-k is stored whole, float32, in a stream of its own after the residuals (rows in order).
+   (Records of format version 2 hold float16 targets instead: ``Codec(target="float16")`` reads them.)
 5. **tail mass**, two byte planes per row: ``round(-log m * 768)`` of the row's tail mass ``m = 1 - sum p``
    (summed in float64, floored at 1e-30 as the losses do). The reader shifts the row's other entries
    (not the target's) so that their mass makes the row's total exactly ``1 - m``: the tail mass, which a
@@ -49,16 +54,23 @@ RANKED = 4096  # ids per shard with a frequency-ranked code
 STEP = 1 / 16  # nats per log-probability level
 _MASS_SCALE = 768  # levels per nat of the stored -log(tail mass): 1/1,536 nat at most off
 _OUTSIDE = 255  # target position: not among the top-k
+_RESIDUAL = 65535  # levels of a target's residual over its entry's step
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 20}]  # a record is < 1 MiB
 
 
 @dataclass(frozen=True)
 class Codec:
-    """How a cache's records are coded: vocabulary size, k and the log-probability step."""
+    """How a cache's records are coded: vocabulary size, k, the log-probability step and how targets are
+    kept (``"residual"``: as written now; ``"float16"``: records of format version 2)."""
 
     vocab: int
     k: int
     step: float = STEP
+    target: str = "residual"
+
+    def __post_init__(self) -> None:
+        if self.target not in ("residual", "float16"):
+            raise ValueError(f"Codec.target must be 'residual' or 'float16', got {self.target!r}")
 
     @property
     def planes(self) -> int:
@@ -66,7 +78,12 @@ class Codec:
         return max(1, math.ceil(math.log2(max(self.vocab, 2)) / 8))
 
     def meta(self) -> dict[str, float | int | str]:
-        return {"format": "compact", "codec_step": self.step, "codec_ranked": RANKED}
+        return {
+            "format": "compact",
+            "codec_step": self.step,
+            "codec_ranked": RANKED,
+            "codec_target": self.target,
+        }
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """The level of each ``x = -log p >= 0``: ``round(x / step)``, uint16."""
@@ -117,18 +134,35 @@ def encode_example(
     same = lp32 == rounded[:, None]  # (n, k): the target's entry, if any
     inside = same.any(1)
     position = np.where(inside, same.argmax(1), _OUTSIDE).astype(np.uint8)
-    target16 = targets.astype(np.float16)
     mass = _log_tail_mass(lp32)
+    target = _target_streams(targets, q, position, codec)  # first: it sets the targets' entries in q
     streams = [
         *_to_planes(gaps, codec.planes),
         *_to_planes(q, 2),
         position.tobytes(),
-        target16.tobytes(),
+        *target,
         *_to_planes(mass, 2),
     ]
     if matched is not None:
         streams.append(np.asarray(matched).astype(np.float16).tobytes())
     return lzma.compress(b"".join(streams), format=lzma.FORMAT_RAW, filters=_FILTERS)
+
+
+def _target_streams(targets: np.ndarray, q: np.ndarray, position: np.ndarray, codec: Codec) -> list[bytes]:
+    """The targets' log-probabilities (n,): residuals over their entries' levels ``q`` (n, k) where
+    ``position`` (n,) finds them, float32 for the others (see the module docstring, stream 4)."""
+    if codec.target == "float16":
+        return [targets.astype(np.float16).tobytes()]
+    inside = position != _OUTSIDE
+    rows = np.nonzero(inside)[0]
+    x = -targets[rows].astype(np.float64) / codec.step  # (m,) in levels
+    # the entry takes the target's own level (its stored value may round to a neighbouring one), so the
+    # residual is in [0, 1]; the reader puts the target there in its place anyway
+    q[rows, position[rows]] = np.clip(np.rint(x), 0, 65535).astype(np.uint16)
+    frac = x - q[rows, position[rows]] + 0.5
+    residual = np.zeros(len(targets), dtype=np.uint16)
+    residual[rows] = np.rint(np.clip(frac, 0.0, 1.0) * _RESIDUAL).astype(np.uint16)
+    return [*_to_planes(residual, 2), targets[~inside].astype(np.float32).tobytes()]
 
 
 def _to_planes(x: np.ndarray, planes: int) -> list[bytes]:
@@ -185,10 +219,18 @@ def decode_example(
     ids = codes.to_id[np.cumsum(from_planes(n * k, codec.planes).reshape(n, k), axis=1)]
     lp = -codec.dequantize(from_planes(n * k, 2).reshape(n, k))
     position = take(n).astype(np.int64)
-    target = take(n, np.float16).astype(np.float32)
-    log_tail = -from_planes(n, 2).astype(np.float64) / _MASS_SCALE
     rows = np.nonzero(position != _OUTSIDE)[0]
-    lp[rows, position[rows]] = target[rows]  # the target's entry takes its float16 value
+    if codec.target == "float16":
+        target = take(n, np.float16).astype(np.float32)
+    else:
+        residual = from_planes(n, 2)[rows].astype(np.float64) / _RESIDUAL - 0.5
+        target = np.empty(n, dtype=np.float32)
+        target[position == _OUTSIDE] = take(n - len(rows), np.float32)
+        target[rows] = (lp[rows, position[rows]].astype(np.float64) - residual * codec.step).astype(
+            np.float32
+        )
+    log_tail = -from_planes(n, 2).astype(np.float64) / _MASS_SCALE
+    lp[rows, position[rows]] = target[rows]  # the target's entry takes its finer value
     keep = np.zeros((n, k), dtype=bool)
     keep[rows, position[rows]] = True
     lp = _renormalise(lp, keep, log_tail)
