@@ -2,6 +2,7 @@
 
     python benchmarks/glue_reaugkd.py [--tasks sst2 mrpc] [--seeds 42 43 44] [--max-train-samples N]
                                       [--epochs E] [--student-layers 0 5] [--latency] [--out DIR]
+                                      [--reaugkd-set KEY=VALUE ...] [--reuse DIR]
 
 For each task the MiniLM-L6 teacher is fine-tuned once (the shipped recipe's settings; reused from
 ``<teachers>/<task>``), its knowledge base is built once (`kdkit kb build`), and for every seed a student
@@ -18,6 +19,10 @@ and the retrieval diagnostics of ``kdkit.retrieval.diagnose`` on the test split 
 ``--latency`` (SST-2): the first seed's ReAugKD student predicting dev sentences end to end, alone vs with
 retrieval from the KB of the full SST-2 training set (67,349 entries) with exact, IVF and HNSW indexes, at
 batch 1 and 32; median of 5 repeats. Finished runs (metrics.json) are reused.
+
+``--reaugkd-set`` passes config overrides to the ReAugKD runs only (e.g. ``method.align_weight=1``), and
+``--reuse DIR`` takes the KD runs and the KB from an earlier ``--out DIR`` of the same tasks, seeds, layers
+and data, so that a ReAugKD variant is compared with the very same KD students.
 """
 
 from __future__ import annotations
@@ -114,14 +119,17 @@ def _task(task: str, args: argparse.Namespace, base: list[str], out: Path) -> tu
         common.append(f"data.max_train_samples={args.max_train_samples}")
     if args.epochs:
         common.append(f"train.epochs={args.epochs}")
-    kb_dir, kb_seconds = _kb(_config(task, "reaugkd"), common, out / f"{task}-kb")
+    kd_out = Path(args.reuse) if args.reuse else out  # KD students and the KB: an earlier run's, if given
+    kb_dir, kb_seconds = _kb(_config(task, "reaugkd"), common, kd_out / f"{task}-kb")
     print(f"{task}: teacher {teacher['test']}, KB {kb_dir} built in {kb_seconds:.0f} s", flush=True)
     rows: dict[str, list[dict]] = {"KD": [], "ReAugKD": []}
     for seed in args.seeds:
         seeded = [*common, f"train.seed={seed}"]  # one training subset for all seeds: one KB
-        rows["KD"].append(run_once(distill, _config(task, "kd"), seeded, out / f"{task}-kd-{seed}"))
+        rows["KD"].append(run_once(distill, _config(task, "kd"), seeded, kd_out / f"{task}-kd-{seed}"))
         run = out / f"{task}-reaugkd-{seed}"
-        r = run_once(distill, _config(task, "reaugkd"), [*seeded, f"method.kb={kb_dir}"], run)
+        r = run_once(
+            distill, _config(task, "reaugkd"), [*seeded, f"method.kb={kb_dir}", *args.reaugkd_set], run
+        )
         r["paper_settings"] = _paper_settings(run, _config(task, "reaugkd"), seeded, METRICS[task])
         rows["ReAugKD"].append(r)
         print(
@@ -168,6 +176,10 @@ def main() -> None:
     parser.add_argument("--latency-kb-samples", type=int, default=None, help="smoke runs only; default: all")
     parser.add_argument("--out", default="runs/bench/reaugkd")
     parser.add_argument(
+        "--reaugkd-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the ReAugKD runs only"
+    )
+    parser.add_argument("--reuse", default=None, help="take the KD runs and the KB from this earlier --out")
+    parser.add_argument(
         "--teachers", default="runs/bench/teachers-heldout", help="fine-tuned teachers, one dir per task"
     )
     parser.add_argument(
@@ -203,6 +215,7 @@ def main() -> None:
         f"Test metrics (%), seeds {args.seeds}, {len(args.student_layers)}-layer students (teacher layers "
         f"{args.student_layers}) on {train_note}"
         + (f", {args.epochs:g} epochs" if args.epochs else ", the recipes' epochs")
+        + (f"; ReAugKD with {' '.join(args.reaugkd_set)}" if args.reaugkd_set else "")
         + "; differences are per-seed pairs, mean ± sd",
         "",
         "| task / metric | teacher | KD | ReAugKD alone | retrieval, beta 0.5 (paper) | retrieval, beta auto "

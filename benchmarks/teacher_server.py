@@ -14,7 +14,10 @@ teacher's time the prefetching hides, as with a teacher on other hardware. Repor
 
 Load test: ``--clients`` concurrent clients (threads, one connection each) send requests of 8 dolly
 sequences for ``--load-seconds`` seconds each; reported: requests/s, scored tokens/s, p50/p99 latency,
-errors, the server's resident memory before and after, and the payload bytes per scored token.
+errors, the server's resident memory before and after, and the payload bytes per scored token. The server
+batches concurrent requests into one forward pass, so its memory grows with the clients while bigger
+batches are first seen; ``--sustain`` seconds at the largest client count then show whether it stays flat
+once they have been (the last row). ``--variants`` with no names runs the load test alone.
 """
 
 from __future__ import annotations
@@ -124,7 +127,10 @@ def load_test(url: str, pid: int, args: argparse.Namespace) -> list[dict[str, An
     )
     collate = LMCollator(tok.pad_token_id)
     batches = [collate([enc[i] for i in range(s, s + 8)]) for s in range(0, 8 * 16, 8)]
-    return [_load_row(url, pid, batches, clients, args.load_seconds) for clients in args.clients]
+    rows = [_load_row(url, pid, batches, clients, args.load_seconds) for clients in args.clients]
+    if args.sustain:
+        rows.append({**_load_row(url, pid, batches, max(args.clients), args.sustain), "sustained": True})
+    return rows
 
 
 def _load_row(url: str, pid: int, batches: list[dict], clients: int, seconds: float) -> dict[str, Any]:
@@ -189,6 +195,9 @@ def main() -> None:
     parser.add_argument("--server-threads", type=int, default=1)
     parser.add_argument("--clients", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--load-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--sustain", type=float, default=60.0, help="the largest client count again, this long"
+    )
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--teacher", default="smollm2-135m")
     parser.add_argument("--port", type=int, default=8765)
@@ -216,13 +225,17 @@ def main() -> None:
     finally:
         proc.kill()
         proc.wait()
-    lines = [
-        f"Step time, {args.steps} steps of the 20-layer recipe (batch 8), trainer {args.trainer_threads} thread(s), "
-        f"server {args.server_threads} thread(s):",
-        "",
-        "| teacher | s/step | vs cache |",
-        "|---|---:|---:|",
-    ]
+    lines = (
+        []
+        if not steps
+        else [
+            f"Step time, {args.steps} steps of the 20-layer recipe (batch 8), trainer {args.trainer_threads} thread(s), "
+            f"server {args.server_threads} thread(s):",
+            "",
+            "| teacher | s/step | vs cache |",
+            "|---|---:|---:|",
+        ]
+    )
     base = steps.get("cache", {}).get("seconds_per_step")
     for variant, r in steps.items():
         ratio = f"{r['seconds_per_step'] / base:.2f}x" if base else "-"
@@ -230,12 +243,13 @@ def main() -> None:
     if load:
         lines += [
             "",
-            f"Load test, {args.load_seconds:g} s per row, requests of 8 dolly sequences, top-64:",
+            f"Load test, {args.load_seconds:g} s per row (the last, sustained: {args.sustain:g} s), requests of 8 "
+            "dolly sequences, top-64:",
             "",
             "| clients | requests/s | scored tokens/s | p50 ms | p99 ms | errors | server RSS before -> after (MiB) |",
             "|---:|---:|---:|---:|---:|---:|---|",
             *(
-                f"| {r['clients']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['p50_ms']:.0f} | "
+                f"| {r['clients']}{' (sustained)' if r.get('sustained') else ''} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['p50_ms']:.0f} | "
                 f"{r['p99_ms']:.0f} | {r['errors']} | {r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} |"
                 for r in load
             ),

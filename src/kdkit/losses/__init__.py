@@ -12,7 +12,13 @@ from kdkit.losses.divergences import (
     tvd,
 )
 from kdkit.losses.kd import hidden_mse, kd_loss, kd_mse_loss, soft_kl
-from kdkit.losses.relational import aggregate_neighbours, relational_kl, retrieval_augmented, supcon_loss
+from kdkit.losses.relational import (
+    aggregate_neighbours,
+    query_alignment,
+    relational_kl,
+    retrieval_augmented,
+    supcon_loss,
+)
 from kdkit.losses.uld import aligned_cross_tokenizer_loss, hybrid_terms, sorted_l1, uld_loss
 from kdkit.losses.uld_cached import cached_hybrid_loss, cached_uld_loss
 
@@ -33,6 +39,7 @@ __all__ = [
     "hybrid_terms",
     "kd_loss",
     "kd_mse_loss",
+    "query_alignment",
     "relational_kl",
     "retrieval_augmented",
     "reverse_kl",

@@ -86,6 +86,25 @@ def relational_kl(
     return kl.sum(-1).mean()
 
 
+def query_alignment(student_query: Tensor, teacher_query: Tensor) -> Tensor:
+    """``mean_i (1 - cos(z_S_i, z_T_i))``: each student query against the teacher's embedding of the same
+    example (its KB key). Not in ReAugKD's paper (kdkit's ``align_weight``, 0 by default): the relational
+    loss matches the student's similarities over each example's candidates only, so a student query can
+    satisfy it and still lie nearer other KB keys than the teacher's query does; this term pulls the query
+    to where the teacher's would retrieve from.
+
+    Args:
+        student_query: (N, D) student embeddings.
+        teacher_query: (N, D) teacher embeddings of the same examples (no gradient).
+
+    Returns:
+        Scalar in [0, 2]; exactly 0 when every student query points as the teacher's does.
+    """
+    s = F.normalize(student_query.float(), dim=-1)
+    t = F.normalize(teacher_query.float(), dim=-1).detach()
+    return (1.0 - (s * t).sum(-1)).mean()
+
+
 def aggregate_neighbours(similarities: Tensor, soft_labels: Tensor, temperature: float = 1.0) -> Tensor:
     """ReAugKD inference: the neighbours' teacher soft labels averaged with weights softmax(sim / tau).
 

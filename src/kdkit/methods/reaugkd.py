@@ -7,6 +7,7 @@ soft labels over the training set (``kdkit.retrieval``; built before training, o
 Training loss for a batch (``kdkit.losses.kd_loss``, ``kdkit.losses.relational_kl``)::
 
     alpha * CE(s, y) + (1 - alpha) * T^2 * KL(softmax(t / T) || softmax(s / T)) + rel_weight * L_rel
+        [+ align_weight * mean_i (1 - cos(z_S_i, z_T_i))]       (kdkit's option, off by default)
     L_rel = mean_i KL(P_TT(i) || P_ST(i)),  P_TT(i, j) = softmax_j(sim(z_T_i, z_T_j) / tau),
                                             P_ST(i, j) = softmax_j(sim(z_S_i, z_T_j) / tau)
 
@@ -18,6 +19,11 @@ pooled embedding (CLS of the last layer; ``pooling: mean`` for the masked mean),
 Inference (``kdkit.retrieval.predictor``): the student embedding queries the KB for ``retrieval_k``
 neighbours, whose soft labels are averaged with weights softmax(sim / retrieval_tau), and the prediction is
 ``beta * retrieved + (1 - beta) * softmax(student logits)``.
+
+``align_weight`` (kdkit's, not the paper's; 0 by default, which is the paper's loss) adds a term that pulls
+each student query to the teacher's KB key of the same example (``kdkit.losses.query_alignment``): L_rel
+matches the student's similarities over the candidates only, so a student can meet it while its queries
+retrieve other neighbours from the whole KB than the teacher's queries would.
 
 ``beta: auto`` (kdkit's default) chooses beta, ``retrieval_k`` and ``retrieval_tau`` on the validation split
 after training (``kdkit.retrieval.choose``: beta 0 is the student alone, so with retrieval the student is
@@ -42,7 +48,7 @@ from torch import Tensor, nn
 from kdkit.config import MethodConfig
 from kdkit.errors import KdkitError, note
 from kdkit.fingerprint import split_fingerprint
-from kdkit.losses import kd_loss, relational_kl
+from kdkit.losses import kd_loss, query_alignment, relational_kl
 from kdkit.methods.base import (
     Batch,
     EvalEnv,
@@ -78,6 +84,7 @@ class ReAugKDConfig(MethodConfig):
     alpha: float = 0.5  # weight of the hard-label loss in the KD term; 1 - alpha goes to the KL term
     temperature: float = 2.0  # KD softmax temperature T (KL term scaled by T^2)
     rel_weight: float = 1.0  # weight of the relational loss L_rel
+    align_weight: float = 0.0  # kdkit's, not the paper's: weight of mean(1 - cos(student query, own KB key))
     tau: float = 0.1  # temperature of the similarity softmaxes P_TT and P_ST
     k: int = 16  # KB neighbours per example in L_rel's candidate set (the batch is added)
     beta: float | Literal["auto"] = "auto"  # inference: weight of the retrieved soft labels; auto: chosen
@@ -115,8 +122,9 @@ class ReAugKDConfig(MethodConfig):
         for key in ("k", "retrieval_k", "head_epochs", "head_batch_size", "index_nprobe", "index_hnsw_m"):
             if getattr(self, key) < 1:
                 raise KdkitError(f"config key 'method.{key}' must be >= 1, got {getattr(self, key)}")
-        if self.rel_weight < 0:
-            raise KdkitError(f"config key 'method.rel_weight' must be >= 0, got {self.rel_weight}")
+        for key in ("rel_weight", "align_weight"):
+            if getattr(self, key) < 0:
+                raise KdkitError(f"config key 'method.{key}' must be >= 0, got {getattr(self, key)}")
 
 
 def _choose(config: ReAugKDConfig, kb: KnowledgeBase, env: EvalEnv) -> dict[str, Any]:
@@ -323,7 +331,12 @@ class ReAugKD(Method):
         )  # (B, D)
         ids, mask = candidates(idx, self.neighbours)
         rel = relational_kl(z_s, self.keys[idx], self.keys[ids], mask, c.tau)
-        loss = loss + c.rel_weight * rel
-        distill = kd + c.rel_weight * rel
-        parts = {"kd": kd.detach(), "rel": rel.detach(), "distill": distill.detach(), "loss": loss.detach()}
+        extra = c.rel_weight * rel
+        parts = {"kd": kd.detach(), "rel": rel.detach()}
+        if c.align_weight:
+            align = query_alignment(z_s, self.keys[idx])
+            extra = extra + c.align_weight * align
+            parts["align"] = align.detach()
+        loss, distill = loss + extra, kd + extra
+        parts |= {"distill": distill.detach(), "loss": loss.detach()}
         return LossOutput(loss, parts)

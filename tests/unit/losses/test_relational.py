@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdkit.losses.relational import aggregate_neighbours, relational_kl, retrieval_augmented, supcon_loss
+from kdkit.losses.relational import (
+    aggregate_neighbours,
+    query_alignment,
+    relational_kl,
+    retrieval_augmented,
+    supcon_loss,
+)
 
 
 def _supcon_reference(z: torch.Tensor, y: torch.Tensor, tau: float) -> float:
@@ -94,3 +100,15 @@ def test_aggregation_and_final_mixture() -> None:
     torch.testing.assert_close(retrieval_augmented(student, agg).sum(-1), torch.ones(2))
     with pytest.raises(ValueError, match="beta"):
         retrieval_augmented(student, agg, beta=1.5)
+
+
+def test_query_alignment_is_the_mean_cosine_distance() -> None:
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    want = sum(1 - float(F.cosine_similarity(s[i].double(), t[i].double(), dim=0)) for i in range(5)) / 5
+    assert query_alignment(s, t).item() == pytest.approx(want, rel=1e-6)
+    assert query_alignment(3.0 * t, t).item() == pytest.approx(0.0, abs=1e-6)  # scale does not count
+    assert query_alignment(-t, t).item() == pytest.approx(2.0, abs=1e-6)
+    s.requires_grad_(True)
+    query_alignment(s, t).backward()
+    assert s.grad is not None and float(s.grad.abs().sum()) > 0

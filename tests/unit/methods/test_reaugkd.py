@@ -75,6 +75,29 @@ def test_relational_loss_is_zero_when_student_embeddings_equal_teacher_keys() ->
     assert result.parts["rel"].item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_the_alignment_option_adds_its_weighted_cosine_distance() -> None:
+    """align_weight (kdkit's, off by default): the loss gains align_weight * mean(1 - cos(z_S_i, key_i)),
+    written here as a loop; with the student equal to the teacher the term is 0."""
+    teacher, student = bert_classifier(seed=0), bert_classifier(seed=1)
+    batch = _batch()
+    kb = identity_kb(teacher, batch, k=2)
+    loss_fn = _loss(teacher, student, kb, tau=0.5, align_weight=0.7)
+    result = _forward(loss_fn, student.eval(), teacher, batch)
+    with torch.no_grad():
+        hidden = student(**batch["student"], output_hidden_states=True).hidden_states[-1]
+    keys = loss_fn.keys
+    cos = [float(F.cosine_similarity(hidden[row, 0], keys[i], dim=0)) for row, i in enumerate(batch["idx"])]
+    align = sum(1 - c for c in cos) / len(cos)
+    assert result.parts["align"].item() == pytest.approx(align, rel=1e-5)
+    want = _reference(loss_fn, student, teacher, batch, 0.5) + 0.7 * align
+    assert result.loss.item() == pytest.approx(want, rel=1e-5)
+    same = _forward(_loss(teacher, copy.deepcopy(teacher), kb, align_weight=0.7), teacher, teacher, batch)
+    assert same.parts["align"].item() == pytest.approx(0.0, abs=1e-6)
+    assert "align" not in _forward(_loss(teacher, student, kb), student, teacher, batch).parts
+    with pytest.raises(KdkitError, match="align_weight"):
+        resolve_method({"name": "reaugkd", "align_weight": -1})
+
+
 def test_kb_gets_no_gradient_and_teacher_stays_frozen() -> None:
     teacher, student = bert_classifier(seed=0), bert_classifier(seed=1)
     batch = _batch()

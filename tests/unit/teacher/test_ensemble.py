@@ -118,7 +118,8 @@ def test_mixture_rule_is_the_loss_against_the_mixed_distribution(name: str) -> N
     lq = F.log_softmax(s / t, -1)
     _, mask = shift_labels(batch)
     per_token = (p * (p.log() - lq)).sum(-1) if name == "forward_kl" else (lq.exp() * (lq - p.log())).sum(-1)
-    assert got == pytest.approx(per_token[mask].mean().item(), rel=1e-4)
+    # a KL of ~1e-3 nats summed over the vocabulary in float32: its last digits follow the thread count
+    assert got == pytest.approx(per_token[mask].mean().item(), rel=1e-3)
     with pytest.raises(Exception, match="full distribution"):
         family.mix_teachers(config, [outs[0], _full_topk(b(**batch["teacher"]).logits, batch, t)], [0.5, 0.5])
 
