@@ -36,9 +36,9 @@ install: $(STAMP) $(SYSDEPS)
 demo: $(STAMP)
 	$(BIN)/kdkit demo --output-dir runs/demo
 
-# causal-LM recipe at smoke scale: SmolLM2-135M -> 10-layer student, forward KL and ATKD (about 30 min on 2
-# CPU cores; the students are not usable yet). Data: dolly, the local copy under DATA_ROOT (dolly/dev.jsonl,
-# dolly/valid.jsonl) when there, else databricks/databricks-dolly-15k from the hub.
+# causal-LM recipe (configs/dolly_smol20l_from_smol135m_forward_kl.yaml): SmolLM2-135M -> 20-layer student,
+# forward KL from the teacher cache, about an hour on 2 CPU cores. Data: dolly, the local copy under DATA_ROOT
+# (dolly/dev.jsonl, dolly/valid.jsonl) when there, else databricks/databricks-dolly-15k from the hub.
 demo-lm: $(STAMP)
 	KDKIT_DATA_ROOT="$(DATA_ROOT)" $(BIN)/kdkit demo lm --output-dir runs/demo-lm
 
