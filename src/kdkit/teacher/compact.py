@@ -135,7 +135,7 @@ def encode_example(
     inside = same.any(1)
     position = np.where(inside, same.argmax(1), _OUTSIDE).astype(np.uint8)
     mass = _log_tail_mass(lp32)
-    target = _target_streams(targets, q, position, codec)  # first: it sets the targets' entries in q
+    q, target = _target_streams(targets, q, position, codec)
     streams = [
         *_to_planes(gaps, codec.planes),
         *_to_planes(q, 2),
@@ -148,21 +148,25 @@ def encode_example(
     return lzma.compress(b"".join(streams), format=lzma.FORMAT_RAW, filters=_FILTERS)
 
 
-def _target_streams(targets: np.ndarray, q: np.ndarray, position: np.ndarray, codec: Codec) -> list[bytes]:
-    """The targets' log-probabilities (n,): residuals over their entries' levels ``q`` (n, k) where
-    ``position`` (n,) finds them, float32 for the others (see the module docstring, stream 4)."""
+def _target_streams(
+    targets: np.ndarray, q: np.ndarray, position: np.ndarray, codec: Codec
+) -> tuple[np.ndarray, list[bytes]]:
+    """The levels ``q`` (n, k) to store, each target's entry (where ``position`` (n,) finds one) at the
+    target's own level, and the streams of the targets' log-probabilities (n,): residuals over those levels,
+    float32 for the targets outside the top-k (see the module docstring, stream 4)."""
     if codec.target == "float16":
-        return [targets.astype(np.float16).tobytes()]
+        return q, [targets.astype(np.float16).tobytes()]
     inside = position != _OUTSIDE
     rows = np.nonzero(inside)[0]
     x = -targets[rows].astype(np.float64) / codec.step  # (m,) in levels
     # the entry takes the target's own level (its stored value may round to a neighbouring one), so the
     # residual is in [0, 1]; the reader puts the target there in its place anyway
+    q = q.copy()
     q[rows, position[rows]] = np.clip(np.rint(x), 0, 65535).astype(np.uint16)
     frac = x - q[rows, position[rows]] + 0.5
     residual = np.zeros(len(targets), dtype=np.uint16)
     residual[rows] = np.rint(np.clip(frac, 0.0, 1.0) * _RESIDUAL).astype(np.uint16)
-    return [*_to_planes(residual, 2), targets[~inside].astype(np.float32).tobytes()]
+    return q, [*_to_planes(residual, 2), targets[~inside].astype(np.float32).tobytes()]
 
 
 def _to_planes(x: np.ndarray, planes: int) -> list[bytes]:
