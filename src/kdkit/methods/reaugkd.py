@@ -27,7 +27,9 @@ retrieve other neighbours from the whole KB than the teacher's queries would.
 
 ``beta: auto`` (kdkit's default) chooses beta, ``retrieval_k`` and ``retrieval_tau`` on the validation split
 after training (``kdkit.retrieval.choose``: beta 0 is the student alone, so with retrieval the student is
-never worse on validation); a number fixes beta (0.5 is the paper's value) and uses the configured k and tau.
+never worse on validation), and keeps retrieval only when it beats the student alone on at least
+``beta_confidence`` (0.95) of paired bootstrap resamples of that split, else the student alone; a number
+fixes beta (0.5 is the paper's value) and uses the configured k and tau.
 
 Choices (the short paper does not pin them; all configurable): T 2 and
 alpha 0.5 as ``kd``, rel_weight 1, tau 0.1 for both similarity softmaxes, k 16 for both, CLS pooling, soft
@@ -88,6 +90,7 @@ class ReAugKDConfig(MethodConfig):
     tau: float = 0.1  # temperature of the similarity softmaxes P_TT and P_ST
     k: int = 16  # KB neighbours per example in L_rel's candidate set (the batch is added)
     beta: float | Literal["auto"] = "auto"  # inference: weight of the retrieved soft labels; auto: chosen
+    beta_confidence: float = 0.95  # auto: retrieval must beat beta 0 on this share of paired resamples
     retrieval_k: int = 16  # inference: neighbours retrieved per query
     retrieval_tau: float = 0.1  # inference: neighbour weights softmax(sim / retrieval_tau)
     pooling: Literal["cls", "mean"] = "cls"  # embedding of an example: first token, or masked mean
@@ -109,6 +112,11 @@ class ReAugKDConfig(MethodConfig):
             raise KdkitError(f"config key 'method.alpha' must be in [0, 1], got {self.alpha}")
         if self.beta != "auto" and not 0.0 <= self.beta <= 1.0:
             raise KdkitError(f"config key 'method.beta' must be in [0, 1] or auto, got {self.beta}")
+        if not 0.0 <= self.beta_confidence <= 1.0:
+            raise KdkitError(
+                f"config key 'method.beta_confidence' must be in [0, 1] (0 keeps the grid's best), got "
+                f"{self.beta_confidence}"
+            )
         for key in (
             "temperature",
             "tau",
@@ -143,7 +151,7 @@ def _choose(config: ReAugKDConfig, kb: KnowledgeBase, env: EvalEnv) -> dict[str,
     logits, emb, labels, _ = student_pass(
         env.student, env.held_out, env.accelerator, config.pooling, "choose retrieval settings"
     )
-    choice = choose_settings(logits, emb, labels, kb, env.task, env.select_metric)
+    choice = choose_settings(logits, emb, labels, kb, env.task, env.select_metric, config.beta_confidence)
     note(f"retrieval settings: {choice.describe()}")
     return choice.as_dict()
 

@@ -198,13 +198,32 @@ class ReAugPredictor:
         return cls(model, tokenizer, kb, settings, max_length, device)
 
     @torch.no_grad()
-    def _forward(self, texts: list[str], pairs: list[str] | None) -> tuple[Tensor, Tensor]:
-        enc = self.tokenizer(
-            texts, pairs, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
-        out = self.model(**enc, output_hidden_states=True)
-        emb = pooled_embedding(out.hidden_states[-1], enc["attention_mask"], self.settings.pooling)
-        return out.logits.float().cpu(), emb.float().cpu()
+    def student_outputs(
+        self, texts: list[str], text_pairs: list[str] | None = None, *, batch_size: int = 32
+    ) -> tuple[Tensor, Tensor]:
+        """The student's (logits (N, C), pooled embeddings (N, D)) for ``texts``, batched; the queries
+        retrieval makes (``combine``), e.g. to choose settings on new labelled data
+        (``kdkit.retrieval.choose``)."""
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise KdkitError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
+        logits, embs = [], []
+        for start in range(0, len(texts), batch_size):
+            chunk = slice(start, start + batch_size)
+            enc = self.tokenizer(
+                texts[chunk],
+                None if text_pairs is None else text_pairs[chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            out = self.model(**enc, output_hidden_states=True)
+            emb = pooled_embedding(out.hidden_states[-1], enc["attention_mask"], self.settings.pooling)
+            logits.append(out.logits.float().cpu())
+            embs.append(emb.float().cpu())
+        if not logits:
+            return torch.zeros(0, self.model.config.num_labels), torch.zeros(0, self.model.config.hidden_size)
+        return torch.cat(logits), torch.cat(embs)
 
     def predict_proba(
         self,
@@ -219,20 +238,14 @@ class ReAugPredictor:
 
         ``exclude_ids``: each text's own KB entry (when predicting on the KB's training examples).
         """
-        if text_pairs is not None and len(text_pairs) != len(texts):
-            raise KdkitError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
-        out = []
-        for start in range(0, len(texts), batch_size):
-            chunk = slice(start, start + batch_size)
-            logits, emb = self._forward(texts[chunk], None if text_pairs is None else text_pairs[chunk])
-            if not retrieval:
-                out.append(torch.softmax(logits, -1))
-                continue
-            if self.kb is None:
-                raise KdkitError("this predictor has no knowledge base; pass retrieval=False")
-            ex = None if exclude_ids is None else torch.as_tensor(exclude_ids[chunk])
-            out.append(combine(logits, emb, self.kb, self.settings, ex))
-        return torch.cat(out).numpy() if out else np.zeros((0, self.model.config.num_labels), np.float32)
+        if retrieval and self.kb is None:
+            raise KdkitError("this predictor has no knowledge base; pass retrieval=False")
+        logits, emb = self.student_outputs(texts, text_pairs, batch_size=batch_size)
+        if not retrieval or len(texts) == 0:
+            return torch.softmax(logits, -1).numpy()
+        assert self.kb is not None
+        ex = None if exclude_ids is None else torch.as_tensor(exclude_ids)
+        return combine(logits, emb, self.kb, self.settings, ex).numpy()
 
     def predict(self, texts: list[str], text_pairs: list[str] | None = None, **kwargs: Any) -> list[str]:
         """Label names (the model's ``id2label``) of the most probable classes."""

@@ -40,7 +40,7 @@ def _accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_choice_is_the_best_of_a_plain_grid_search(seed: int) -> None:
     logits, queries, labels, kb = _data(seed=seed)
-    choice = choose_settings(logits, queries, labels, kb, "classification", "accuracy")
+    choice = choose_settings(logits, queries, labels, kb, "classification", "accuracy", confidence=0.0)
     grid = {
         (b, k, t): _accuracy(combine(logits, queries, kb, RetrievalSettings(b, k, t)), labels)
         for b, k, t in itertools.product(BETAS, KS, TAUS)
@@ -51,6 +51,41 @@ def test_the_choice_is_the_best_of_a_plain_grid_search(seed: int) -> None:
     assert choice.value >= choice.student_alone  # beta 0 is in the grid: never worse on validation
     smallest = min(b for (b, _, _), v in grid.items() if v == pytest.approx(choice.value))
     assert choice.beta == smallest  # ties go to the smaller beta
+    # with the default confidence, either the same settings (with their support) or the student alone
+    # with the grid's best recorded as declined
+    kept = choose_settings(logits, queries, labels, kb, "classification", "accuracy")
+    if kept.declined is None:
+        assert (kept.beta, kept.k, kept.tau, kept.value) == (choice.beta, choice.k, choice.tau, choice.value)
+        assert choice.beta == 0 or kept.support >= 0.95
+    else:
+        assert kept.declined == {"beta": choice.beta, "k": choice.k, "tau": choice.tau, "value": choice.value}
+        assert kept.beta == 0 and kept.value == kept.student_alone and kept.support < 0.95
+
+
+def test_a_gain_of_one_example_is_declined_unless_asked_for() -> None:
+    # a student right on all but one example, a KB that holds each query's own label: retrieval fixes that
+    # one example and changes nothing else, a gain that a resample shows only when it draws the example
+    logits, queries, labels, kb = _data()
+    logits = 5.0 * torch.nn.functional.one_hot(labels, 2).float()
+    logits[0] = logits[0].flip(-1)
+    exact = KnowledgeBase(
+        torch.nn.functional.normalize(queries, dim=-1),
+        torch.nn.functional.one_hot(labels, 2).float(),
+        kb.projection,
+    )
+    n = len(labels)
+    expected = 1 - (1 - 1 / n) ** n  # about 0.63
+    choice = choose_settings(logits, queries, labels, exact, "classification", "accuracy")
+    assert choice.beta == 0 and choice.value == choice.student_alone == 1 - 1 / n
+    assert choice.declined is not None and choice.declined["value"] == 1.0 and choice.declined["beta"] > 0
+    assert choice.support == pytest.approx(expected, abs=0.06)
+    assert "beta 0 (the student alone)" in choice.describe() and "method.beta_confidence" in choice.describe()
+    assert choice.as_dict()["declined"] == choice.declined
+    taken = choose_settings(logits, queries, labels, exact, "classification", "accuracy", confidence=0.5)
+    assert (
+        taken.beta > 0 and taken.value == 1.0 and taken.declined is None and taken.support == choice.support
+    )
+    assert f"better on {taken.support:.1%}" in taken.describe()
 
 
 def test_retrieval_that_only_hurts_keeps_the_student_alone() -> None:
@@ -65,6 +100,8 @@ def test_retrieval_that_only_hurts_keeps_the_student_alone() -> None:
         16,
         0.1,
     ) and choice.value == choice.student_alone == 1.0
+    assert choice.support is None and choice.declined is None  # nothing beat the student: no bootstrap
+    assert "no setting beat the student alone" in choice.describe()
 
 
 def test_retrieval_that_helps_is_taken() -> None:
@@ -76,6 +113,7 @@ def test_retrieval_that_helps_is_taken() -> None:
     )  # each query's own label stored under its own key
     choice = choose_settings(torch.zeros_like(logits), queries, labels, exact, "classification", "accuracy")
     assert choice.beta > 0 and choice.value == 1.0 and choice.student_alone < 1.0
+    assert choice.support is not None and choice.support >= 0.95 and choice.declined is None
     assert "chosen on validation by accuracy" in choice.describe()
 
 
@@ -99,3 +137,6 @@ def test_auto_is_the_default_and_needs_a_choice(tmp_path: Path) -> None:
     assert RetrievalSettings.of_method(ReAugKDConfig(beta=0.7), chosen).beta == 0.7  # a fixed beta wins
     with pytest.raises(KdkitError, match=r"must be in \[0, 1\] or auto"):
         ReAugKDConfig(beta=1.5)
+    assert ReAugKDConfig().beta_confidence == 0.95
+    with pytest.raises(KdkitError, match=r"'method.beta_confidence' must be in \[0, 1\]"):
+        ReAugKDConfig(beta_confidence=1.5)
