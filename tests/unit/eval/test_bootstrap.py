@@ -50,8 +50,8 @@ def test_the_win_rate_is_a_plain_resampling_loop() -> None:
     assert paired_win_rate("classification", "f1", a, b, y, resamples=300, seed=7) == wins / 300
     # ties count for neither side, so the two directions add up to at most 1
     assert (
-        paired_win_rate("classification", "f1", a, b, y, seed=7)
-        + paired_win_rate("classification", "f1", b, a, y, seed=7)
+        paired_win_rate("classification", "f1", a, b, y, resamples=300, seed=7)
+        + paired_win_rate("classification", "f1", b, a, y, resamples=300, seed=7)
         <= 1.0
     )
 
