@@ -64,7 +64,7 @@ from kdkit.methods.base import (
 )
 from kdkit.models.pooling import pooled_embedding
 from kdkit.retrieval.build import teacher_features, train_neighbours
-from kdkit.retrieval.choose import choose_settings
+from kdkit.retrieval.choose import CONFIDENCE, choose_settings
 from kdkit.retrieval.command import KB_COMMAND
 from kdkit.retrieval.diagnose import retrieval_diagnostics
 from kdkit.retrieval.kb import KnowledgeBase
@@ -90,7 +90,7 @@ class ReAugKDConfig(MethodConfig):
     tau: float = 0.1  # temperature of the similarity softmaxes P_TT and P_ST
     k: int = 16  # KB neighbours per example in L_rel's candidate set (the batch is added)
     beta: float | Literal["auto"] = "auto"  # inference: weight of the retrieved soft labels; auto: chosen
-    beta_confidence: float = 0.95  # auto: retrieval must beat beta 0 on this share of paired resamples
+    beta_confidence: float = CONFIDENCE  # auto: retrieval must beat beta 0 on this share of paired resamples
     retrieval_k: int = 16  # inference: neighbours retrieved per query
     retrieval_tau: float = 0.1  # inference: neighbour weights softmax(sim / retrieval_tau)
     pooling: Literal["cls", "mean"] = "cls"  # embedding of an example: first token, or masked mean
