@@ -190,6 +190,7 @@ class DataConfig:
     response: str | None = "output"  # causal_lm: field with the response (trained on); null: plain text
     prompt_template: str | None = None  # causal_lm: build the prompt from fields, e.g. "Q: {question}\nA: "
     chat_template: bool = False  # causal_lm: wrap the prompt as a user turn of the chat template
+    train_on_prompt: bool = False  # causal_lm: train on the prompt's tokens too (eval stays on responses)
     local: dict[str, Any] = field(default_factory=dict)  # a local copy's keys, used when under the data root
 
     def __post_init__(self) -> None:

@@ -159,6 +159,7 @@ def test_the_teacher_cache_gives_the_live_run(
     [
         ({"method": {"name": "atkd"}}, "method 'atkd' needs the teacher's and the student's tokenizers"),
         ({"teacher_chat": None}, "the teacher's tokenizer .* has no chat template"),
+        ({"data": {"train_on_prompt": True}}, "data.train_on_prompt is true, but span losses"),
     ],
 )
 def test_pairs_that_cannot_run_are_refused_in_one_line(
@@ -173,6 +174,8 @@ def test_pairs_that_cannot_run_are_refused_in_one_line(
         (teacher / "tokenizer_config.json").write_text(json.dumps(tok_config))
         (teacher / "chat_template.jinja").unlink(missing_ok=True)
         config["teacher"]["model"] = str(teacher)
+    elif "data" in change:
+        config["data"].update(change["data"])
     else:
         config.update(change)
     cfg = write_config(tmp_path / "c.yaml", config)

@@ -10,8 +10,16 @@ from typing import Any
 
 import pytest
 import torch
+from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
+from kdkit import evaluate
+from kdkit.commands.cache import build_cache_for_config
+from kdkit.config import GenerationConfig
+from kdkit.data.lm_encode import IGNORE, LMCollator
+from kdkit.errors import KdkitError
+from kdkit.family.on_policy import OnPolicy
+from kdkit.models import load_tokenizer, with_pad_token
 from kdkit.train.run import distill, finetune
 from tests.integration.test_cli_tiny import kdkit, write_config
 
@@ -94,6 +102,49 @@ def test_on_policy_generations_change_the_training(tiny_lm: Path, tiny_jsonl: Pa
     key = "model.layers.0.mlp.down_proj.weight"
     assert not torch.allclose(off[key], on[key])  # different sequences were trained on
     torch.testing.assert_close(on[key], on_again[key])  # seeded: reproducible
+
+
+def test_train_on_prompt_trains_prompt_tokens_and_still_evaluates_responses(
+    tiny_lm: Path, tiny_jsonl: Path, tmp_path: Path
+) -> None:
+    runs, caches = {}, {}
+    for flag in (False, True):
+        config = lm_config(tiny_lm, tiny_jsonl, tmp_path / f"run-{flag}", eval={"rouge": False})
+        config["data"]["train_on_prompt"] = flag
+        config["cache"] = {"dir": str(tmp_path / f"cache-{flag}"), "top_k": 8}
+        caches[flag] = config
+        build_cache_for_config(config)
+        runs[flag] = distill(config, overwrite=True)
+    # metrics are measured on responses either way: the masked config scores the student the same
+    masked = evaluate(runs[True].output_dir, caches[False], splits=["validation"])["validation"]
+    assert masked["perplexity"] == pytest.approx(runs[True].metrics["validation"]["perplexity"], rel=1e-5)
+    off, on = (AutoModelForCausalLM.from_pretrained(runs[f].output_dir).state_dict() for f in (False, True))
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(off[key], on[key])  # the prompt's tokens were trained too
+    mixed = {**caches[False], "output_dir": str(tmp_path / "mixed"), "cache": caches[True]["cache"]}
+    with pytest.raises(KdkitError, match="does not match this run"):  # a cache keeps what it was built on
+        distill(mixed, overwrite=True)
+
+
+def test_on_policy_samples_train_the_prompt_when_the_data_does(tiny_lm: Path) -> None:
+    tok = with_pad_token(load_tokenizer(str(tiny_lm)))
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    collate = LMCollator(tok.pad_token_id)
+    prompts = [[tok.bos_token_id, *tok.encode(p, add_special_tokens=False)] for p in ("one two", "three")]
+    batch = collate([{"input_ids": p, "labels": [IGNORE] * len(p), "prompt_ids": p} for p in prompts])
+    gen = GenerationConfig(on_policy=1.0, max_new_tokens=4)
+    out = {
+        flag: OnPolicy(model, tok, gen, collate, 32, Accelerator(cpu=True), train_on_prompt=flag)(batch, 3, 0)
+        for flag in (False, True)
+    }
+    ids, mask = out[True]["student"]["input_ids"], out[True]["student"]["attention_mask"].bool()
+    assert torch.equal(ids, out[False]["student"]["input_ids"])  # the same seeded samples
+    assert torch.equal(out[True]["labels"][mask], ids[mask])  # every real token trained
+    for b, p in enumerate(prompts):
+        assert (out[False]["labels"][b, : len(p)] == IGNORE).all()  # by default the prompt is not
+        assert (
+            out[False]["labels"][b, len(p) :][mask[b, len(p) :]] == ids[b, len(p) :][mask[b, len(p) :]]
+        ).all()
 
 
 def test_resume_gives_the_same_student(tiny_lm: Path, tiny_jsonl: Path, tmp_path: Path) -> None:

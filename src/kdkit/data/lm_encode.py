@@ -30,9 +30,10 @@ class LMEncoded:
     """One split tokenized for causal-LM training (no padding)."""
 
     input_ids: list[list[int]]  # N lists of L_i <= max_length token ids: prompt + response + EOS
-    labels: list[list[int]]  # N lists of L_i: -100 on the prompt, the token id on the response and EOS
+    labels: list[list[int]]  # N lists of L_i: the token id on the response and EOS, -100 on the prompt
+    # (its token ids too with train_on_prompt)
     num_truncated: int  # examples longer than max_length (they were cut, see ``encode_lm``)
-    prompt_lengths: list[int]  # N: tokens of each (kept) prompt; labels[i][:n] are -100; 0 for plain text
+    prompt_lengths: list[int]  # N: tokens of each (kept) prompt (labels[i][:n] -100 unless trained); 0: plain
     # N: (UTF-8 bytes, characters) of the text the labels score: the response (a cut one: its kept tokens,
     # decoded); tokenizer-free units for bits per byte / per character (``kdkit.eval.lm.perplexity``)
     text_sizes: list[tuple[int, int]] = field(default_factory=list)
@@ -65,8 +66,16 @@ def format_prompt(prompt: str, tokenizer: Any, chat_template: bool) -> str:
     return str(text)
 
 
-def encode_lm(split: LMSplit, tokenizer: Any, max_length: int, chat_template: bool = False) -> LMEncoded:
-    """Tokenize ``split`` for training: ``input_ids = prompt + response + [EOS]``, prompt labels -100.
+def encode_lm(
+    split: LMSplit,
+    tokenizer: Any,
+    max_length: int,
+    chat_template: bool = False,
+    train_on_prompt: bool = False,
+) -> LMEncoded:
+    """Tokenize ``split`` for training: ``input_ids = prompt + response + [EOS]``, prompt labels -100
+    (``train_on_prompt``: the prompt's tokens are labelled too, so every token is trained; the truncation
+    and ``prompt_lengths`` are the same either way).
 
     The prompt (after ``format_prompt``) is tokenized with the tokenizer's special tokens (e.g. BOS),
     except that a prefix the chat template already wrote is not added twice (no double BOS), and a
@@ -108,7 +117,7 @@ def encode_lm(split: LMSplit, tokenizer: Any, max_length: int, chat_template: bo
             prompt, response, cut = fit_lengths(prompt, [*response, eos], max_length, head)
             out.num_truncated += cut
             out.input_ids.append(prompt + response)
-            out.labels.append([IGNORE] * len(prompt) + response)
+            out.labels.append((prompt if train_on_prompt else [IGNORE] * len(prompt)) + response)
             out.prompt_lengths.append(len(prompt))
             out.text_sizes.append(_text_size(tokenizer, response if cut else None, text))
     return out

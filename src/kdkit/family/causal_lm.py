@@ -173,7 +173,9 @@ class CausalLMFamily(Family):
             )
         if teacher is not None and spans_mode(config, teacher):
             return self._encode_cross(config, job, data, train_split, student, teacher, accelerator)
-        train_enc = encode_lm(train_split, tokenizer, max_length, config.data.chat_template)
+        train_enc = encode_lm(
+            train_split, tokenizer, max_length, config.data.chat_template, config.data.train_on_prompt
+        )
         report_truncation(
             "train", train_enc.num_truncated, len(train_enc), f"{job.which}.max_length", max_length
         )
@@ -200,6 +202,7 @@ class CausalLMFamily(Family):
         accelerator: Accelerator,
     ) -> RunData:
         """Both models' tokens and the aligned spans of every training response (``kdkit.data.lm_cross``)."""
+        refuse_prompt_spans(config)
         max_length = job.model.max_length
         enc = encode_cross(
             train_split, student.tokenizer, teacher.tokenizer, max_length,
@@ -318,6 +321,7 @@ class CausalLMFamily(Family):
         if k > vocab:
             raise KdkitError(f"cache.top_k is {k}, more than the vocabulary's {vocab} tokens; lower it")
         if not same or getattr(method, "spans_only", False):  # span losses: rows at the teacher's positions
+            refuse_prompt_spans(config)
             t_max = max_length if same else max(max_length, config.teacher.max_length)
             enc = encode_cross(
                 split, student_tok, tokenizer, max_length, t_max, config.data.chat_template
@@ -326,7 +330,9 @@ class CausalLMFamily(Family):
             if config.generation.source == "teacher":
                 job.meta["generations"] = GENERATIONS
             return job
-        encoded = encode_lm(split, tokenizer, max_length, config.data.chat_template)
+        encoded = encode_lm(
+            split, tokenizer, max_length, config.data.chat_template, config.data.train_on_prompt
+        )
         temperature = float(getattr(config.method, "temperature", 1.0))
         dtype = DTYPES[config.cache.dtype]
 
@@ -361,7 +367,10 @@ class CausalLMFamily(Family):
                 encoded = encode_cross(split, student.tokenizer, teacher_tok, max_length, t_max, chat)
                 return [CrossDataset(encoded)[i] for i in range(len(encoded))]
 
-        return OnPolicy(student.model, student.tokenizer, gen, collate, max_length, accelerator, reencode)
+        return OnPolicy(
+            student.model, student.tokenizer, gen, collate, max_length, accelerator, reencode,
+            train_on_prompt=config.data.train_on_prompt,
+        )  # fmt: skip
 
     def validate_fn(
         self,
@@ -446,6 +455,15 @@ def teacher_max_length(config: Config, job: Job, teacher: Teacher) -> int:
     if teacher.same_tokenizer:
         return job.model.max_length
     return max(job.model.max_length, config.teacher.max_length)
+
+
+def refuse_prompt_spans(config: Config) -> None:
+    """Span losses (another tokenizer, or a span method) align response text only: no prompt training."""
+    if config.data.train_on_prompt:
+        raise KdkitError(
+            "data.train_on_prompt is true, but span losses (a teacher with another tokenizer, or method "
+            f"'{config.method.name}') align only the responses' tokens; set data.train_on_prompt: false"
+        )
 
 
 def check_cross_config(config: Config, student_tok: Any, teacher_tok: Any, cached: bool) -> None:

@@ -38,10 +38,11 @@ class OnPolicy:
         max_length: int,
         accelerator: Accelerator,
         reencode: Callable[[list[str], list[str]], list[dict[str, Any]]] | None = None,
+        train_on_prompt: bool = False,
     ) -> None:
         self.student, self.tokenizer, self.gen = student, tokenizer, gen
         self.collate, self.max_length, self.accelerator = collate, max_length, accelerator
-        self.reencode = reencode
+        self.reencode, self.train_on_prompt = reencode, train_on_prompt
 
     def __call__(self, batch: Batch, step: int, micro: int) -> Batch:
         rank = self.accelerator.process_index
@@ -73,6 +74,8 @@ class OnPolicy:
             input_ids, labels = join_response(
                 p, [*r, eos] if complete else r, eos, self.max_length, bos_id=self.tokenizer.bos_token_id
             )
+            if self.train_on_prompt:  # as the data was encoded: the (kept) prompt's tokens trained too
+                labels = list(input_ids)
             items.append({"input_ids": input_ids, "labels": labels, "prompt_ids": p})
         return send_to_device(self.collate(items), self.accelerator.device)
 

@@ -66,6 +66,18 @@ def test_prompt_is_masked_response_and_eos_trained(tok: Any) -> None:
         assert enc.prompt_lengths[i] == len(prompt) and enc.prompt_ids(i) == prompt
 
 
+def test_train_on_prompt_labels_every_token_and_cuts_the_same(tok: Any) -> None:
+    rows = qa_rows(5)
+    masked = encode_lm(split_of(rows), tok, max_length=64)
+    enc = encode_lm(split_of(rows), tok, max_length=64, train_on_prompt=True)
+    assert enc.input_ids == masked.input_ids and enc.prompt_lengths == masked.prompt_lengths
+    assert all(labels == ids for labels, ids in zip(enc.labels, enc.input_ids, strict=True))
+    long = LMSplit(["what is one ?"], ["two " * 20], [["x"]])  # cut: same tokens, prompt labelled
+    cut, plain = (encode_lm(long, tok, 12, train_on_prompt=t) for t in (True, False))
+    assert cut.input_ids == plain.input_ids and cut.labels[0] == cut.input_ids[0]
+    assert cut.num_truncated == plain.num_truncated == 1
+
+
 def test_response_is_cut_from_its_end_and_counted(tok: Any) -> None:
     split = LMSplit(["what is one ?", "one"], ["two " * 20, "two"], [["x"], ["y"]])
     enc = encode_lm(split, tok, max_length=12)
