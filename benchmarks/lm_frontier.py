@@ -2,11 +2,13 @@
 steps, quality and greedy-generation speed, all from one teacher cache.
 
     python benchmarks/lm_frontier.py [--cuts 20 15 10] [--steps 200] [--eval-every 50] [--batch-size 8]
-                                     [--method forward_kl] [--out runs/bench/lm_frontier] [--probe]
+                                     [--lr LR] [--method forward_kl] [--out runs/bench/lm_frontier] [--probe]
+                                     [key=value ...]
 
 The teacher's top-64 log-probs over dolly dev are cached once (`kdkit cache`); every cut trains from that
-cache with the recipe configs/dolly_smol20l_from_smol135m_forward_kl.yaml, its layers replaced by the cut's
-(``student.layers``), evaluating perplexity on response tokens every ``--eval-every`` steps and, at the
+cache with the recipe configs/dolly_smol20l_from_smol135m_forward_kl.yaml (its learning rate unless ``--lr``;
+``key=value`` overrides change anything else, e.g. ``data.train_on_prompt=false``), its layers replaced by
+the cut's (``student.layers``), evaluating perplexity on response tokens every ``--eval-every`` steps and, at the
 end, ROUGE-L (greedy, x100) too, on dolly valid. Each point of a run's curve is its student at that step
 under the run's own cosine schedule (the learning rate not yet decayed), so a shorter run would end a
 little better than the point at the same step. Finished runs are reused and interrupted ones resume.
@@ -62,7 +64,6 @@ def _base(args: argparse.Namespace) -> list[str]:
         f"cache.dir={Path(args.out) / 'teacher-cache'}",
         f"train.max_steps={args.steps}",
         f"train.batch_size={args.batch_size}",
-        f"train.lr={args.lr}",
         f"train.eval_every={args.eval_every}",
         f"train.save_every={args.eval_every}",
         f"train.seed={args.seed}",
@@ -70,6 +71,8 @@ def _base(args: argparse.Namespace) -> list[str]:
         f"method={{name: {args.method}}}",
         "eval.datasets={}",
         "eval.teacher=false",
+        *([f"train.lr={args.lr}"] if args.lr is not None else []),
+        *args.overrides,
     ]
 
 
@@ -123,7 +126,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--method", default="forward_kl")
     parser.add_argument("--eval-samples", type=int, default=50)
@@ -135,6 +138,7 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/bench/lm_frontier")
     parser.add_argument("--data-root", default=os.environ.get("KDKIT_DATA_ROOT"))
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args()
 
     from kdkit.cli import _quiet_libraries
@@ -193,7 +197,13 @@ def main() -> None:
                 "curve": points,
             }
         )
-    result = {"args": vars(args), "teacher": {**teacher, "tokens_per_s": speed["teacher"]}, "cuts": rows}
+    args.lr = config.train.lr  # what the runs used
+    result = {
+        "args": vars(args),
+        "prompt_tokens": config.data.train_on_prompt,
+        "teacher": {**teacher, "tokens_per_s": speed["teacher"]},
+        "cuts": rows,
+    }
     (out / "results.json").write_text(json.dumps(result, indent=1))
     table = format_table(result)
     print(table)
@@ -218,7 +228,8 @@ def format_table(result: dict) -> str:
     args, t = result["args"], result["teacher"]
     lines = [
         f"dolly valid ({args['eval_samples']} examples), {args['method']}, batch {args['batch_size']}, "
-        f"lr {args['lr']}, seed {args['seed']}; generation: {args['gen_prompts']} prompts x "
+        f"lr {args['lr']}, prompt tokens trained: {result.get('prompt_tokens', False)}, seed {args['seed']}; "
+        f"generation: {args['gen_prompts']} prompts x "
         f"{args['gen_tokens']} greedy tokens, batch 1, KV cache",
         "",
         "| model | parameters | perplexity (x teacher) | ROUGE-L (% of teacher) | steps | train time | "
