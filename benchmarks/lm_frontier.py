@@ -197,9 +197,9 @@ def main() -> None:
                 "curve": points,
             }
         )
-    args.lr = config.train.lr  # what the runs used
     result = {
         "args": vars(args),
+        "lr": config.train.lr,  # what the runs used (--lr or the recipe's)
         "prompt_tokens": config.data.train_on_prompt,
         "teacher": {**teacher, "tokens_per_s": speed["teacher"]},
         "cuts": rows,
@@ -228,7 +228,7 @@ def format_table(result: dict) -> str:
     args, t = result["args"], result["teacher"]
     lines = [
         f"dolly valid ({args['eval_samples']} examples), {args['method']}, batch {args['batch_size']}, "
-        f"lr {args['lr']}, prompt tokens trained: {result.get('prompt_tokens', False)}, seed {args['seed']}; "
+        f"lr {result.get('lr', args['lr'])}, prompt tokens trained: {result.get('prompt_tokens', False)}, seed {args['seed']}; "
         f"generation: {args['gen_prompts']} prompts x "
         f"{args['gen_tokens']} greedy tokens, batch 1, KV cache",
         "",

@@ -152,13 +152,14 @@ def join_response(
     eos_id: int,
     max_length: int,
     bos_id: int | None = None,
+    train_on_prompt: bool = False,
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) for a generated response (teacher generations, on-policy student samples).
 
     Anything after the first EOS in ``response_ids`` (padding of finished sequences) is stripped; the EOS
     is kept and trained when there is one (the response was complete), else the response stays open.
-    The prompt is masked (-100). Truncation follows ``encode_lm``'s rule; a leading ``bos_id`` of the
-    prompt is kept when the prompt is cut from the left.
+    The prompt is masked (-100) unless ``train_on_prompt``, as in ``encode_lm``; truncation follows its
+    rule, and a leading ``bos_id`` of the prompt is kept when the prompt is cut from the left.
     """
     _check_length(max_length)
     response = [int(t) for t in response_ids]
@@ -167,7 +168,7 @@ def join_response(
     prompt = [int(t) for t in prompt_ids]
     head = 1 if bos_id is not None and prompt[:1] == [bos_id] else 0
     prompt, response, _ = fit_lengths(prompt, response, max_length, head)
-    return prompt + response, [IGNORE] * len(prompt) + response
+    return prompt + response, (prompt if train_on_prompt else [IGNORE] * len(prompt)) + response
 
 
 def fit_lengths(
