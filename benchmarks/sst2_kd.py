@@ -1,6 +1,7 @@
 """SST-2: the MiniLM-L6 teacher, a 2-layer student without KD and with KD (from the teacher cache).
 
     python benchmarks/sst2_kd.py [--train-samples N] [--epochs 3] [--seeds 42 43 44] [--out runs/bench/sst2]
+                                 [--only {nokd,kd}]
 
 The teacher is fine-tuned once (1 epoch on all 67,349 training sentences, or ``--train-samples``; reused
 from ``--teacher-dir``, shared with benchmarks/glue_reaugkd.py). Its logits over the training set are cached
@@ -11,7 +12,9 @@ final model, nothing is selected on it) and labelled-test accuracy (1,821), mean
 seeds, the share of the teacher's accuracy, and the paired per-seed difference KD - no KD.
 
 Runs checkpoint every 500 steps and finished ones are reused: re-running the command after an interruption
-(or in a later session) continues where it stopped.
+(or in a later session) continues where it stopped. ``--only nokd`` and ``--only kd`` train one kind of
+student each, so that two processes can share a machine (``OMP_NUM_THREADS=1`` each on 2 cores); the command
+without ``--only`` then reads their results back and prints the table.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3.0, help="student epochs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--out", default="runs/bench/sst2")
+    parser.add_argument(
+        "--only", choices=["nokd", "kd"], default=None, help="train only this kind of student; no table"
+    )
     parser.add_argument(
         "--teacher-dir", default="runs/bench/teachers-heldout/sst2", help="fine-tuned teacher (shared)"
     )
@@ -70,27 +76,37 @@ def main() -> None:
     if args.train_samples and args.train_samples < 1000:
         students.append("teacher.check=false")  # a smoke run's teacher is not meant to be good
     cache = [*students, f"cache.dir={out / 'teacher-cache'}"]
-    t0 = time.perf_counter()
-    build_cache_for_config(CONFIG, cache)  # reused when complete
-    print(f"teacher cache ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.only != "nokd":  # a no-KD student does not read the cache
+        t0 = time.perf_counter()
+        build_cache_for_config(CONFIG, cache)  # reused when complete
+        print(f"teacher cache ready in {time.perf_counter() - t0:.0f} s", flush=True)
 
     runs: dict[str, list[dict]] = {"no KD": [], "KD": []}
     for seed in args.seeds:
         seeded = [f"train.seed={seed}"]
-        runs["no KD"].append(
-            run_once(finetune, CONFIG, [*students, *seeded], out / f"nokd-{seed}", which="student")
-        )
-        runs["KD"].append(run_once(distill, CONFIG, [*cache, *seeded], out / f"kd-{seed}"))
+        if args.only in (None, "nokd"):
+            runs["no KD"].append(
+                run_once(finetune, CONFIG, [*students, *seeded], out / f"nokd-{seed}", which="student")
+            )
+        if args.only in (None, "kd"):
+            runs["KD"].append(run_once(distill, CONFIG, [*cache, *seeded], out / f"kd-{seed}"))
+        if args.only:
+            kind = "no KD" if args.only == "nokd" else "KD"
+            print(f"seed {seed}: {kind} {runs[kind][-1]['validation']['accuracy']:.4f}", flush=True)
+            continue
         print(
             f"seed {seed}: no KD {runs['no KD'][-1]['validation']['accuracy']:.4f} "
             f"({runs['no KD'][-1]['train_seconds']:.0f} s), KD {runs['KD'][-1]['validation']['accuracy']:.4f} "
             f"({runs['KD'][-1]['train_seconds']:.0f} s)",
             flush=True,
         )
+    if args.only:
+        return
 
     data = f"{args.train_samples:,}" if args.train_samples else "all 67,349"
     lines = [
-        f"SST-2 accuracy (%), seeds {args.seeds}; teacher 1 epoch, students {args.epochs:g} epochs on {data} "
+        f"SST-2 accuracy (%), seeds {args.seeds}; teacher 1 epoch, students {args.epochs:g} "
+        f"epoch{'' if args.epochs == 1 else 's'} on {data} "
         "training sentences; students' KD from the teacher cache; dev = 872 sentences, test = 1,821 (labelled)",
         "",
         "| split | teacher | no KD | KD | KD / teacher | KD - no KD (paired) |",
