@@ -84,22 +84,18 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"no KD": [], "KD": []}
     for seed in args.seeds:
         seeded = [f"train.seed={seed}"]
-        if args.only in (None, "nokd"):
+        if args.only != "kd":
             runs["no KD"].append(
                 run_once(finetune, CONFIG, [*students, *seeded], out / f"nokd-{seed}", which="student")
             )
-        if args.only in (None, "kd"):
+        if args.only != "nokd":
             runs["KD"].append(run_once(distill, CONFIG, [*cache, *seeded], out / f"kd-{seed}"))
-        if args.only:
-            kind = "no KD" if args.only == "nokd" else "KD"
-            print(f"seed {seed}: {kind} {runs[kind][-1]['validation']['accuracy']:.4f}", flush=True)
-            continue
-        print(
-            f"seed {seed}: no KD {runs['no KD'][-1]['validation']['accuracy']:.4f} "
-            f"({runs['no KD'][-1]['train_seconds']:.0f} s), KD {runs['KD'][-1]['validation']['accuracy']:.4f} "
-            f"({runs['KD'][-1]['train_seconds']:.0f} s)",
-            flush=True,
-        )
+        done = [
+            f"{kind} {r[-1]['validation']['accuracy']:.4f} ({r[-1]['train_seconds']:.0f} s)"
+            for kind, r in runs.items()
+            if r
+        ]
+        print(f"seed {seed}: {', '.join(done)}", flush=True)
     if args.only:
         return
 

@@ -72,9 +72,13 @@ class OnPolicy:
             # generate_tokens cuts before EOS; a response shorter than max_new_tokens ended with EOS
             complete = len(r) < self.gen.max_new_tokens
             input_ids, labels = join_response(
-                p, [*r, eos] if complete else r, eos, self.max_length,
-                bos_id=self.tokenizer.bos_token_id, train_on_prompt=self.train_on_prompt,
-            )  # fmt: skip
+                p,
+                [*r, eos] if complete else r,
+                eos,
+                self.max_length,
+                bos_id=self.tokenizer.bos_token_id,
+                train_on_prompt=self.train_on_prompt,
+            )
             items.append({"input_ids": input_ids, "labels": labels, "prompt_ids": p})
         return send_to_device(self.collate(items), self.accelerator.device)
 
