@@ -17,18 +17,22 @@ def run_once(fn: Any, config: Path, overrides: list[str], out: Path, **kwargs: A
     return fn(config, [*overrides, f"output_dir={out}"], resume=True, **kwargs).metrics
 
 
-def mean_sd(values: list[float]) -> str:
-    """``mean ± standard deviation`` in percent (sd 0 for a single value)."""
+def mean_sd(values: list[float], scale: float = 100.0) -> str:
+    """``mean ± standard deviation`` of ``scale * values`` (default: fractions in percent; sd 0 for a single
+    value)."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+    return f"{scale * statistics.mean(values):.2f} ± {scale * sd:.2f}"
 
 
-def paired(a: list[float], b: list[float]) -> str:
-    """Mean ± sd of the per-seed differences a - b in points (a, b fractions), and on how many seeds a is
-    ahead: the paired comparison, which seed-to-seed variation shared by both sides does not blur."""
-    d = [100 * (x - y) for x, y in zip(a, b, strict=True)]
+def paired(a: list[float], b: list[float], scale: float = 100.0, lower_is_better: bool = False) -> str:
+    """Mean ± sd of the per-seed differences ``scale * (a - b)`` (default: fractions, in points), and on how
+    many seeds a is ahead (lower when ``lower_is_better``, e.g. perplexity): the paired comparison, which
+    seed-to-seed variation shared by both sides does not blur."""
+    d = [scale * (x - y) for x, y in zip(a, b, strict=True)]
     sd = statistics.stdev(d) if len(d) > 1 else 0.0
-    return f"{statistics.mean(d):+.2f} ± {sd:.2f} ({sum(x > 0 for x in d)}/{len(d)} ahead)"
+    ahead = sum((x < 0) if lower_is_better else (x > 0) for x in d)
+    word = "lower" if lower_is_better else "ahead"
+    return f"{statistics.mean(d):+.2f} ± {sd:.2f} ({ahead}/{len(d)} {word})"
 
 
 def data_root_overrides(data_root: str | None) -> list[str]:
