@@ -144,3 +144,17 @@ def test_methods_that_need_the_live_teacher_are_refused(
             distill({**config, "method": method}, overwrite=True)
     with pytest.raises(KdkitError, match="does not match this run: data"):
         distill({**config, "data": {**config["data"], "max_train_samples": 40}}, overwrite=True)
+
+
+def test_a_missing_cache_stops_the_run_before_the_teacher_is_fine_tuned(
+    tiny_teacher: Path, tiny_csv: Path, tmp_path: Path
+) -> None:
+    from kdkit.config import load_config
+    from kdkit.teacher.finetuned import teacher_cache_dir
+
+    config = tiny_config(tiny_teacher, tiny_csv, tmp_path / "run", cache={"dir": str(tmp_path / "c")})
+    config["teacher"]["finetune"] = {"max_steps": 2, "batch_size": 8, "lr": 1e-3}
+    with pytest.raises(KdkitError, match=r"holds no complete teacher cache .* `kdkit cache --config FILE`"):
+        distill(config)
+    assert not teacher_cache_dir(load_config(config)).exists()  # no teacher fine-tuned, no output dir made
+    assert not (tmp_path / "run").exists()

@@ -52,6 +52,7 @@ __all__ = [
     "finalize",
     "read_meta",
     "remove_temp_files",
+    "require_complete",
     "shard_done",
     "shard_path",
     "write_shard",
@@ -99,6 +100,15 @@ def finalize(root: Path, meta: dict[str, Any], num_shards: int) -> None:
     atomic_write_json(root / META, {**meta, "version": version, "shards": shards})
 
 
+def require_complete(root: Path) -> None:
+    """Refuse, in one line, a cache dir that `kdkit cache` has not finished (no meta.json yet)."""
+    if not (root / META).is_file():
+        raise KdkitError(
+            f"cache.dir '{root}' holds no complete teacher cache ({META} missing); build or finish it "
+            "with `kdkit cache --config FILE`"
+        )
+
+
 @dataclass
 class TeacherCache:
     """A complete cache, opened for reading: ``outputs(batch)`` gives the teacher outputs of a batch."""
@@ -115,12 +125,7 @@ class TeacherCache:
     @classmethod
     def load(cls, root: str | Path, tail: str = "student", verify: bool = True) -> TeacherCache:
         root = Path(root)
-        meta_file = root / META
-        if not meta_file.is_file():
-            raise KdkitError(
-                f"cache.dir '{root}' holds no complete teacher cache ({META} missing); build or finish it "
-                "with `kdkit cache --config FILE`"
-            )
+        require_complete(root)
         meta = read_meta(root)
         if meta.get("version") not in READS:
             raise KdkitError(

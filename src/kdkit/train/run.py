@@ -29,6 +29,7 @@ from kdkit.lock import dir_lock
 from kdkit.methods.base import DataEnv, EvalEnv, PrepareEnv
 from kdkit.models import count_parameters, save_model
 from kdkit.runtime import make_accelerator
+from kdkit.teacher.cache import require_complete
 from kdkit.teacher.finetuned import teacher_cache_dir
 from kdkit.train.checkpoint import TrainerState
 from kdkit.train.loop import LoopInputs, train_loop
@@ -76,6 +77,8 @@ def run(
     job = family.job(config, kind, which)
     family.check(config, job)  # the method and the settings, before anything is loaded
     check_teachers(config, family, job)  # several teachers: each one's settings, and how they combine
+    if job.cached and config.cache.dir:  # before the teacher is fine-tuned: a missing cache stops the run now
+        require_complete(Path(config.cache.dir))
     data = family.load_data(config, job)  # metric names are checked here too: before any training
     base = _base_model(
         config, job, accelerator, overwrite
