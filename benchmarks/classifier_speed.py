@@ -74,6 +74,7 @@ def main() -> None:
         f"data.max_train_samples={args.train_samples}",
         f"teacher.model={args.teacher}",
         "teacher.finetune=null",
+        "cache.dir=null",  # the live teacher, except in the row that names a cache (the recipe reads one)
         f"train.max_steps={args.steps}",
         "train.log_every=10",
         "train.eval_every=null",

@@ -89,6 +89,7 @@ def main() -> None:
         "train.eval_every=null",
         "train.save_every=null",
         "eval.splits=[validation]",
+        "cache.dir=null",  # the live teacher (MixKD needs it); the recipe reads a cache of the full training set
     ]
     print("command:", " ".join(["python", *sys.argv]))
     teacher_overrides = [*base, "teacher.finetune.save_every=500"]
