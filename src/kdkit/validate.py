@@ -25,7 +25,7 @@ from kdkit.models import (
 )
 from kdkit.models.load import check_label_space, encoder_depth_check
 from kdkit.runtime import make_accelerator
-from kdkit.teacher.cache import META, TeacherCache
+from kdkit.teacher.cache import TeacherCache, is_complete
 from kdkit.teacher.client import TeacherClient
 from kdkit.teacher.finetuned import teacher_cache_dir
 from kdkit.train.teachers import check_teachers, entry_config
@@ -219,7 +219,7 @@ def _source_lines(config: Config) -> list[str]:
     """The run's teacher cache and server: whether they are there and answer."""
     lines = []
     if config.cache.dir:
-        if not (Path(config.cache.dir) / META).is_file():
+        if not is_complete(Path(config.cache.dir)):
             lines.append(
                 f"warning: cache.dir {config.cache.dir} holds no complete teacher cache yet; build it with "
                 "`kdkit cache --config FILE` before `kdkit distill`"

@@ -50,6 +50,7 @@ __all__ = [
     "META",
     "TeacherCache",
     "finalize",
+    "is_complete",
     "read_meta",
     "remove_temp_files",
     "require_complete",
@@ -100,9 +101,14 @@ def finalize(root: Path, meta: dict[str, Any], num_shards: int) -> None:
     atomic_write_json(root / META, {**meta, "version": version, "shards": shards})
 
 
+def is_complete(root: Path) -> bool:
+    """Whether `kdkit cache` has finished the cache dir ``root`` (its meta.json is written last)."""
+    return (Path(root) / META).is_file()
+
+
 def require_complete(root: Path) -> None:
     """Refuse, in one line, a cache dir that `kdkit cache` has not finished (no meta.json yet)."""
-    if not (root / META).is_file():
+    if not is_complete(root):
         raise KdkitError(
             f"cache.dir '{root}' holds no complete teacher cache ({META} missing); build or finish it "
             "with `kdkit cache --config FILE`"
